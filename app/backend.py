@@ -1,0 +1,97 @@
+"""Choosing the Keras backend before Keras is imported, and describing the machine.
+
+The default backend is JAX: on this project's 2-core CPU reference machine it trains the
+default MLP on digits fastest end to end (see `bench/throughput.py` and the README).
+"""
+
+import importlib.metadata
+import importlib.util
+import os
+import sys
+
+from app.errors import UserError
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_BACKEND = "jax"
+_EXTRA = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def select_backend(name=None):
+    """Sets `KERAS_BACKEND` for this process and returns the backend's name.
+
+    Args:
+        name: `tensorflow`, `jax` or `torch`; `None` takes the `KERAS_BACKEND` environment
+            variable, else `DEFAULT_BACKEND`.
+
+    Raises:
+        UserError: for an unknown backend, one whose package is not installed, or one
+            other than the backend of an already imported Keras.
+    """
+    name = name or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if not is_installed(name):
+        raise UserError(
+            f"backend {name!r} is not installed; pip install 'efficient-learning[{_EXTRA[name]}]' "
+            f"or choose an installed one ({', '.join(installed_backends()) or 'none'})"
+        )
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != name:
+            raise UserError(
+                f"Keras is already running on {keras.backend.backend()!r} in this process; "
+                f"start a new process with --backend {name}"
+            )
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
+def is_installed(name):
+    return importlib.util.find_spec(name) is not None
+
+
+def installed_backends():
+    return [name for name in BACKENDS if is_installed(name)]
+
+
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def backend_versions():
+    """Versions of Keras, NumPy and each installed backend package."""
+    packages = {"keras": "keras", "numpy": "numpy", "tensorflow": "tensorflow",
+                "jax": "jax", "torch": "torch"}
+    versions = {"python": sys.version.split()[0]}
+    for label, package in packages.items():
+        version = package_version(package) or package_version(f"{package}-cpu")
+        if version:
+            versions[label] = version
+    return versions
+
+
+def list_devices():
+    """The devices the current Keras backend can compute on, e.g. `['cpu:0']`."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [f"{device.platform}:{device.id}" for device in jax.devices()]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [device.name.replace("/physical_device:", "").lower()
+                for device in tf.config.list_physical_devices()]
+    import torch
+
+    devices = ["cpu:0"]
+    devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps:0")
+    return devices

@@ -1,0 +1,416 @@
+"""The typed configuration of a run: defaults, YAML files, `--set` overrides and validation.
+
+A configuration is a tree of dataclasses. Every field has a type and a default, and may have
+allowed `choices` or a numeric range. Loading checks everything before any training starts and
+reports the first problem as a `UserError` that names the key:
+
+```python
+config = load_config("experiment.yaml", overrides=["training.epochs=20", "model.size=student"])
+config.training.epochs  # 20
+dump_config(config)     # YAML text that reproduces the run exactly
+```
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from app.errors import UserError
+
+OPTIMIZER_PARAMETERS = {
+    "sgd": {"momentum", "nesterov"},
+    "adagrad": {"epsilon", "initial_accumulator_value"},
+    "rmsprop": {"rho", "momentum", "epsilon", "centered"},
+    "adadelta": {"rho", "epsilon"},
+    "adam": {"beta_1", "beta_2", "epsilon", "amsgrad"},
+    "adamw": {"beta_1", "beta_2", "epsilon", "amsgrad"},
+}
+
+
+def option(default, *, choices=None, low=None, high=None, low_open=False, high_open=False):
+    """A configuration field with its default and the values it accepts.
+
+    Args:
+        default: the value used when the configuration does not set the key.
+        choices: the allowed values, or `None` for any value of the field's type.
+        low: the smallest allowed number (`None`: unbounded).
+        high: the largest allowed number (`None`: unbounded).
+        low_open: whether `low` itself is excluded.
+        high_open: whether `high` itself is excluded.
+    """
+    metadata = {
+        "choices": choices,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+    }
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the data comes from and how it is split.
+
+    `source` is a bundled scikit-learn dataset name (`digits`, `iris`, `wine`,
+    `breast_cancer`) or a path: a `.npz` file, a `.csv` file, or a folder of images with
+    one subfolder per class.
+    """
+
+    source: str = option("digits")
+    label_column: str = option("label")
+    x_key: str = option("x")
+    y_key: str = option("y")
+    image_size: Optional[list[int]] = option(None)
+    color_mode: str = option("grayscale", choices=["grayscale", "rgb"])
+    validation_fraction: float = option(0.15, low=0.0, high=1.0, low_open=True, high_open=True)
+    test_fraction: float = option(0.15, low=0.0, high=1.0, low_open=True, high_open=True)
+    normalize: bool = option(True)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which model to build. `width`, `depth` and `filters` override the size preset."""
+
+    architecture: str = option("mlp", choices=["mlp", "cnn"])
+    size: str = option("teacher", choices=["teacher", "student"])
+    width: Optional[int] = option(None, low=1)
+    depth: Optional[int] = option(None, low=1)
+    filters: Optional[int] = option(None, low=1)
+    activation: str = option(
+        "relu", choices=["relu", "gelu", "silu", "elu", "selu", "tanh", "sigmoid", "leaky_relu"]
+    )
+    initializer: str = option(
+        "he_normal",
+        choices=["he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "lecun_normal"],
+    )
+    normalization: str = option("batch", choices=["batch", "layer", "none"])
+    dropout: float = option(0.1, low=0.0, high=1.0, high_open=True)
+    l1: float = option(0.0, low=0.0)
+    l2: float = option(0.0, low=0.0)
+    num_classes: Optional[int] = option(None, low=2)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """The optimizer. Unset (`null`) parameters take Keras's default for that optimizer."""
+
+    name: str = option("adam", choices=sorted(OPTIMIZER_PARAMETERS))
+    learning_rate: Optional[float] = option(None, low=0.0, low_open=True)
+    weight_decay: Optional[float] = option(None, low=0.0)
+    momentum: Optional[float] = option(None, low=0.0, high=1.0, high_open=True)
+    nesterov: Optional[bool] = option(None)
+    beta_1: Optional[float] = option(None, low=0.0, high=1.0, high_open=True)
+    beta_2: Optional[float] = option(None, low=0.0, high=1.0, high_open=True)
+    epsilon: Optional[float] = option(None, low=0.0, low_open=True)
+    rho: Optional[float] = option(None, low=0.0, high=1.0, high_open=True)
+    amsgrad: Optional[bool] = option(None)
+    centered: Optional[bool] = option(None)
+    initial_accumulator_value: Optional[float] = option(None, low=0.0)
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """How the learning rate changes over training, in epochs.
+
+    `constant` keeps `optimizer.learning_rate`; `cosine` decays it to `min_learning_rate`
+    over the run after `warmup_epochs` of linear warm-up; `exponential` multiplies it by
+    `decay_rate` every epoch (smoothly, per update).
+    """
+
+    name: str = option("constant", choices=["constant", "cosine", "exponential"])
+    warmup_epochs: float = option(0.0, low=0.0)
+    min_learning_rate: float = option(0.0, low=0.0)
+    decay_rate: float = option(0.9, low=0.0, high=1.0, low_open=True)
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """The training loop. At most one of the three clipping keys may be set."""
+
+    epochs: int = option(100, low=1)
+    batch_size: int = option(64, low=1)
+    label_smoothing: float = option(0.0, low=0.0, high=1.0, high_open=True)
+    accumulation_steps: int = option(1, low=1)
+    clip_value: Optional[float] = option(None, low=0.0, low_open=True)
+    clip_norm: Optional[float] = option(None, low=0.0, low_open=True)
+    global_clip_norm: Optional[float] = option(None, low=0.0, low_open=True)
+    verbose: int = option(1, choices=[0, 1, 2])
+
+
+@dataclasses.dataclass
+class EarlyStoppingConfig:
+    """Early stopping. `monitor` also selects the epoch whose weights become `best.keras`."""
+
+    enabled: bool = option(True)
+    monitor: str = option("val_loss", choices=["val_loss", "val_accuracy", "loss", "accuracy"])
+    mode: str = option("auto", choices=["auto", "min", "max"])
+    patience: int = option(10, low=0)
+    min_delta: float = option(0.0, low=0.0)
+
+
+@dataclasses.dataclass
+class OutputConfig:
+    """Where the run directory goes: `<dir>/<name>-<timestamp>/`, or `<dir>/<name>/`."""
+
+    dir: str = option("runs")
+    name: Optional[str] = option(None)
+    timestamp: bool = option(True)
+
+
+@dataclasses.dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    seed: int = option(42, low=0)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+
+def load_config(path=None, overrides=()):
+    """Builds a validated `Config` from defaults, an optional YAML file and overrides.
+
+    Args:
+        path: a YAML file whose keys replace the defaults, or `None`.
+        overrides: `"section.key=value"` strings, applied after the file; the value is
+            read as YAML (`0.1`, `true`, `[8, 8]`, `null`).
+
+    Returns:
+        The validated `Config`.
+
+    Raises:
+        UserError: on a missing or malformed file, an unknown key, a wrong type or an
+            out-of-range value, naming the key.
+    """
+    tree = _read_yaml(path) if path is not None else {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(tree, key, value)
+    return _build(Config, tree, prefix="")
+
+
+def config_to_dict(config):
+    """The configuration as plain nested dicts, lists and scalars."""
+    return dataclasses.asdict(config)
+
+
+def dump_config(config):
+    """The configuration as YAML text that `load_config` reads back to an equal `Config`."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_hash(config):
+    """A short SHA-256 of the resolved configuration, for run metadata."""
+    return hashlib.sha256(dump_config(config).encode()).hexdigest()[:16]
+
+
+def _read_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must be a mapping of sections (data:, model:, ...)")
+    return tree
+
+
+def _parse_override(text):
+    key, separator, raw_value = text.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise UserError(f"--set {text!r} must look like section.key=value, e.g. training.epochs=20")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        value = raw_value
+    return key, value
+
+
+def _set_dotted(tree, dotted_key, value):
+    *sections, leaf = dotted_key.split(".")
+    node = tree
+    for section in sections:
+        child = node.setdefault(section, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted_key}: {section} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _build(cls, tree, prefix):
+    if not isinstance(tree, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {tree!r}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for key in tree:
+        if key not in fields:
+            raise UserError(_unknown_key_message(prefix + str(key), str(key), fields))
+    values = {}
+    hints = typing.get_type_hints(cls)
+    for name, field in fields.items():
+        if name not in tree:
+            continue
+        key = prefix + name
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], tree[name], key + ".")
+        else:
+            values[name] = _check_value(key, tree[name], hints[name], field.metadata)
+    instance = cls(**values)
+    _check_section(instance, prefix)
+    return instance
+
+
+def _unknown_key_message(key, name, fields):
+    close = difflib.get_close_matches(name, list(fields), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
+    return f"unknown config key {key!r}; {hint}"
+
+
+def _type_name(annotation):
+    if _is_optional(annotation):
+        return _type_name(_inner(annotation)) + " or null"
+    if typing.get_origin(annotation) is list:
+        return f"a list of {_type_name(typing.get_args(annotation)[0])}"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}[annotation]
+
+
+def _is_optional(annotation):
+    origin = typing.get_origin(annotation)
+    return origin in (Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
+def _inner(annotation):
+    return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+
+
+def _check_value(key, value, annotation, metadata):
+    declared = annotation
+    if _is_optional(annotation):
+        if value is None:
+            return None
+        annotation = _inner(annotation)
+    try:
+        value = _coerce(key, value, annotation)
+    except UserError:
+        raise UserError(f"{key} must be {_type_name(declared)}; got {value!r}") from None
+    choices = metadata.get("choices")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(str(choice) for choice in choices)
+        raise UserError(f"{key} must be one of {allowed}; got {value!r}")
+    _check_range(key, value, metadata)
+    return value
+
+
+def _coerce(key, value, annotation):
+    wrong_type = UserError(f"{key} must be {_type_name(annotation)}; got {value!r}")
+    if typing.get_origin(annotation) is list:
+        if not isinstance(value, list):
+            raise wrong_type
+        item_type = typing.get_args(annotation)[0]
+        return [_coerce(f"{key}[{index}]", item, item_type) for index, item in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise wrong_type
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong_type
+        return value
+    if annotation is float:
+        # PyYAML reads `1e-3` (no dot) as a string; accept any text that is a number.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise wrong_type from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong_type
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str) or not value:
+            raise wrong_type
+        return value
+    raise TypeError(f"unsupported configuration type {annotation!r} for {key}")
+
+
+def _check_range(key, value, metadata):
+    values = value if isinstance(value, list) else [value]
+    low, high = metadata.get("low"), metadata.get("high")
+    for number in values:
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        too_low = low is not None and (number <= low if metadata["low_open"] else number < low)
+        too_high = high is not None and (number >= high if metadata["high_open"] else number > high)
+        if too_low or too_high:
+            raise UserError(f"{key} must be {_range_text(metadata)}; got {value!r}")
+
+
+def _range_text(metadata):
+    low, high = metadata["low"], metadata["high"]
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if metadata['low_open'] else '>='} {low}")
+    if high is not None:
+        parts.append(f"{'<' if metadata['high_open'] else '<='} {high}")
+    return " and ".join(parts)
+
+
+def _check_section(section, prefix):
+    """Checks that involve more than one key of a section."""
+    if isinstance(section, DataConfig):
+        if section.validation_fraction + section.test_fraction >= 1.0:
+            raise UserError(
+                f"{prefix}validation_fraction + {prefix}test_fraction must be < 1 to leave "
+                f"training data; got {section.validation_fraction} + {section.test_fraction}"
+            )
+        if section.image_size is not None and (
+            len(section.image_size) != 2 or min(section.image_size) < 1
+        ):
+            raise UserError(f"{prefix}image_size must be [height, width]; got {section.image_size}")
+    elif isinstance(section, OptimizerConfig):
+        accepted = OPTIMIZER_PARAMETERS[section.name] | {"name", "learning_rate", "weight_decay"}
+        for field in dataclasses.fields(section):
+            if getattr(section, field.name) is not None and field.name not in accepted:
+                raise UserError(
+                    f"{prefix}{field.name} does not apply to optimizer {section.name!r} "
+                    f"(it takes: {', '.join(sorted(OPTIMIZER_PARAMETERS[section.name]))})"
+                )
+    elif isinstance(section, TrainingConfig):
+        clipping = [
+            name for name in ("clip_value", "clip_norm", "global_clip_norm")
+            if getattr(section, name) is not None
+        ]
+        if len(clipping) > 1:
+            raise UserError(
+                f"set at most one of {prefix}clip_value, {prefix}clip_norm and "
+                f"{prefix}global_clip_norm; got {', '.join(clipping)}"
+            )
+    elif isinstance(section, ScheduleConfig):
+        if section.warmup_epochs > 0 and section.name != "cosine":
+            raise UserError(
+                f"{prefix}warmup_epochs needs {prefix}name: cosine; got {section.name!r}"
+            )
+    elif isinstance(section, OutputConfig):
+        if section.name is not None and ("/" in section.name or section.name.startswith(".")):
+            raise UserError(f"{prefix}name must be a plain folder name; got {section.name!r}")

@@ -1,0 +1,207 @@
+"""`python -m app fit`: train, select the best epoch on validation data, test once, write the run.
+
+The order matters: the configuration and the data are checked and the run directory is
+planned before Keras starts, so bad input fails fast and leaves nothing behind.
+
+```python
+config = load_config(overrides=["training.epochs=5"])
+run_dir, metrics = run_fit(config)   # runs/mlp-teacher-<timestamp>/, metrics.json
+```
+"""
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+from app.config import config_hash, dump_config
+from app.data import BUNDLED_DATASETS, load_dataset
+from app.errors import UserError
+from app.rundir import StagedRunDirectory, plan_run_directory
+
+CLASS_NAMES_FILE = "classes.json"
+
+
+def run_fit(config, run_dir=None):
+    """Trains the configured model and writes a complete run directory.
+
+    Args:
+        config: a validated `app.config.Config`.
+        run_dir: the run directory to create, or `None` to derive it from `config.output`.
+
+    Returns:
+        `(run_dir, metrics)`: the path of the run directory and what `metrics.json` holds.
+
+    Raises:
+        UserError: on bad data, a model that cannot take the data, or a run whose monitored
+            metric was never finite.
+    """
+    dataset = load_dataset(config.data, seed=config.seed)
+    _check_model_fits_data(config.model, dataset)
+    name = config.output.name or f"{config.model.architecture}-{config.model.size}"
+    if run_dir is None:
+        run_dir = plan_run_directory(config.output, name)
+    config = resolve(config, name)
+
+    import keras
+
+    with StagedRunDirectory(run_dir) as run:
+        (run.staging / "config.yaml").write_text(dump_config(config))
+        (run.staging / CLASS_NAMES_FILE).write_text(json.dumps(dataset.class_names) + "\n")
+        started = time.perf_counter()
+        keras.utils.set_random_seed(config.seed)
+        model = build_compiled_model(config, dataset)
+        history, checkpoint = _train(model, config, dataset, run.staging)
+        train_seconds = time.perf_counter() - started
+        best_model = _load_best_model(run.staging / "best.keras", config)
+        test_loss, test_accuracy = best_model.evaluate(
+            dataset.x_test, dataset.y_test, batch_size=config.training.batch_size, verbose=0
+        )
+        metrics = _metrics(config, dataset, history, checkpoint, model, train_seconds,
+                           time.perf_counter() - started, test_loss, test_accuracy)
+        _write_reports(run.staging, history, metrics, title=run_dir.name)
+        path = run.commit()
+    return path, metrics
+
+
+def resolve(config, name):
+    """The configuration with every default that depends on other keys filled in.
+
+    The result, written to `config.yaml`, repeats the run exactly: the learning rate is
+    the optimizer's actual default, the data path is absolute and the run has its name.
+    """
+    from app.optimizers import default_learning_rate
+
+    optimizer = config.optimizer
+    if optimizer.learning_rate is None:
+        optimizer = dataclasses.replace(
+            optimizer, learning_rate=default_learning_rate(optimizer.name)
+        )
+    output = dataclasses.replace(config.output, name=name)
+    data = config.data
+    if data.source not in BUNDLED_DATASETS:
+        data = dataclasses.replace(data, source=str(Path(data.source).resolve()))
+    return dataclasses.replace(config, optimizer=optimizer, output=output, data=data)
+
+
+def build_compiled_model(config, dataset):
+    """Builds the model, its optimizer and loss from `config`, compiled for `dataset`."""
+    import keras
+
+    from app.optimizers import build_optimizer, build_schedule
+    from callbacks import SparseCategoricalCrossentropy
+    from models import build_model
+
+    statistics = {}
+    if config.data.normalize:
+        statistics = {"mean": dataset.feature_mean, "variance": dataset.feature_variance}
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes, **statistics)
+    steps_per_epoch = math.ceil(len(dataset.x_train) / config.training.batch_size)
+    learning_rate = build_schedule(config.schedule, config.optimizer.learning_rate,
+                                   steps_per_epoch, config.training.epochs)
+    if config.training.label_smoothing:
+        loss = SparseCategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.training.label_smoothing
+        )
+    else:
+        # Keras's own loss keeps best.keras loadable without importing this project.
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(
+        optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
+        loss=loss,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def _check_model_fits_data(model_config, dataset):
+    if model_config.num_classes is not None and model_config.num_classes != dataset.num_classes:
+        raise UserError(
+            f"model.num_classes is {model_config.num_classes} but {dataset.description} has "
+            f"{dataset.num_classes} classes; set model.num_classes to {dataset.num_classes} or null"
+        )
+    if model_config.architecture == "cnn" and len(dataset.input_shape) != 3:
+        raise UserError(
+            f"model.architecture cnn needs images (height, width, channels) but "
+            f"{dataset.description} has samples of shape {dataset.input_shape}; use mlp"
+        )
+
+
+def _train(model, config, dataset, staging):
+    import keras
+
+    from callbacks import BestModelCheckpoint, LearningRateMonitor
+
+    monitor = config.early_stopping.monitor
+    checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=monitor,
+                                     mode=config.early_stopping.mode)
+    callbacks = [LearningRateMonitor(), checkpoint]
+    if config.early_stopping.enabled:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor,
+            mode=config.early_stopping.mode,
+            patience=config.early_stopping.patience,
+            min_delta=config.early_stopping.min_delta,
+        ))
+    result = model.fit(
+        dataset.x_train,
+        dataset.y_train,
+        validation_data=(dataset.x_val, dataset.y_val),
+        epochs=config.training.epochs,
+        batch_size=config.training.batch_size,
+        callbacks=callbacks,
+        verbose=config.training.verbose,
+    )
+    history = {key: [float(value) for value in values] for key, values in result.history.items()}
+    return history, checkpoint
+
+
+def _load_best_model(path, config):
+    import keras
+
+    if not path.exists():
+        raise UserError(
+            f"{config.early_stopping.monitor} was never finite, so no model was kept; "
+            "training diverged: lower optimizer.learning_rate or set training.clip_norm"
+        )
+    return keras.saving.load_model(path)
+
+
+def _metrics(config, dataset, history, checkpoint, model, train_seconds, wall_seconds,
+             test_loss, test_accuracy):
+    import keras
+
+    from app.backend import backend_versions
+
+    epoch = checkpoint.best_epoch
+    return {
+        "best": {
+            "epoch": epoch,
+            "monitor": checkpoint.monitor,
+            "value": checkpoint.best_value,
+            "val_loss": history["val_loss"][epoch - 1],
+            "val_accuracy": history["val_accuracy"][epoch - 1],
+        },
+        "test": {"loss": float(test_loss), "accuracy": float(test_accuracy)},
+        "baseline": {"majority_class_accuracy": dataset.majority_baseline()},
+        "epochs_run": len(history["loss"]),
+        "train_seconds": train_seconds,
+        "wall_time_seconds": wall_seconds,
+        "backend": keras.backend.backend(),
+        "versions": backend_versions(),
+        "parameters": int(model.count_params()),
+        "samples": {"train": len(dataset.y_train), "validation": len(dataset.y_val),
+                    "test": len(dataset.y_test)},
+        "num_classes": dataset.num_classes,
+        "data_fingerprint": dataset.fingerprint,
+        "config_hash": config_hash(config),
+    }
+
+
+def _write_reports(staging, history, metrics, title):
+    from app.reporting import plot_curves, write_history_csv, write_json
+
+    write_history_csv(history, staging / "history.csv")
+    write_json(metrics, staging / "metrics.json")
+    plot_curves(history, staging / "curves.png", title=title)

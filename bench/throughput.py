@@ -1,0 +1,260 @@
+"""Training throughput on digits: the app's default model per backend, and `fit` vs hand-written loops.
+
+Usage: `python bench/throughput.py [--epochs 10]`. Each measurement runs in its own process (a
+Keras backend is fixed per process), one after the other, and the two tables are printed as
+Markdown, side by side from the same run:
+
+1. The default `fit` model (MLP teacher, default config) on each backend: seconds for the first
+   epoch (tracing/compilation included), steady seconds per epoch (median, validation included),
+   training samples per second, and the whole `fit` run of `--epochs` epochs.
+2. The same MLP (64-256-256-10) and CNN (conv32-pool-conv64-pool-128-10) without normalisation
+   or dropout, trained with Adam: Keras `fit` on each backend against a hand-written PyTorch
+   loop and a hand-written JAX loop (median samples per second over the timed epochs).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+BACKENDS = ("tensorflow", "jax", "torch")
+BATCH_SIZE = 64
+WARMUP_EPOCHS = 2
+
+
+def digits():
+    """Standardised digits training split, as float32 NHWC images and int labels."""
+    from app.config import DataConfig
+    from app.data import load_dataset
+
+    dataset = load_dataset(DataConfig(), seed=0)
+    x = (dataset.x_train - dataset.feature_mean) / dataset.feature_variance**0.5
+    return x.astype("float32"), dataset.y_train.astype("int32")
+
+
+def median_rate(epoch_seconds, samples):
+    timed = epoch_seconds[WARMUP_EPOCHS:] or epoch_seconds
+    return samples / statistics.median(timed)
+
+
+def measure_app_default(epochs):
+    """The default `fit` configuration, built and trained as `python -m app fit` does."""
+    import keras
+
+    from app.config import load_config
+    from app.data import load_dataset
+    from app.training import build_compiled_model, resolve
+
+    config = resolve(load_config(overrides=[f"training.epochs={epochs}"]), "bench")
+    dataset = load_dataset(config.data, seed=config.seed)
+    keras.utils.set_random_seed(config.seed)
+    model = build_compiled_model(config, dataset)
+    timer = epoch_timer()
+    started = time.perf_counter()
+    model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val),
+              epochs=epochs, batch_size=config.training.batch_size, verbose=0, callbacks=[timer])
+    total = time.perf_counter() - started
+    steady = statistics.median(timer.seconds[WARMUP_EPOCHS:])
+    return {"first_epoch_s": timer.seconds[0], "epoch_s": steady,
+            "samples_per_s": len(dataset.x_train) / steady, "fit_s": total}
+
+
+def epoch_timer():
+    """A callback that records the wall time of every epoch in `.seconds`."""
+    import keras
+
+    class _EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return _EpochTimer()
+
+
+def measure_keras(architecture, epochs):
+    import keras
+
+    from models import build_cnn, build_mlp
+
+    x, y = digits()
+    keras.utils.set_random_seed(0)
+    options = dict(normalization="none", dropout=0.0, depth=2)
+    if architecture == "mlp":
+        model = build_mlp(x.shape[1:], 10, width=256, **options)
+    else:
+        model = build_cnn(x.shape[1:], 10, filters=32, width=128, **options)
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = epoch_timer()
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=[timer])
+    return {"samples_per_s": median_rate(timer.seconds, len(x))}
+
+
+def measure_torch_loop(architecture, epochs):
+    import numpy as np
+    import torch
+
+    x, y = digits()
+    torch.manual_seed(0)
+    nn = torch.nn
+    if architecture == "mlp":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256),
+                              nn.ReLU(), nn.Linear(256, 10))
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(64 * 2 * 2, 128), nn.ReLU(), nn.Linear(128, 10))
+    inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW for torch convolutions
+    labels = torch.from_numpy(y).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        order = torch.from_numpy(rng.permutation(len(x)))
+        for start in range(0, len(x), BATCH_SIZE):
+            batch = order[start:start + BATCH_SIZE]
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return {"samples_per_s": median_rate(seconds, len(x))}
+
+
+def measure_jax_loop(architecture, epochs):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    x, y = digits()
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 8))
+
+    def dense(fan_in, fan_out):
+        return {"w": jax.random.normal(next(keys), (fan_in, fan_out)) * (2 / fan_in) ** 0.5,
+                "b": jnp.zeros(fan_out)}
+
+    def conv(channels_in, channels_out):
+        return {"w": jax.random.normal(next(keys), (3, 3, channels_in, channels_out))
+                * (2 / (9 * channels_in)) ** 0.5, "b": jnp.zeros(channels_out)}
+
+    def pool(h):
+        return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    if architecture == "mlp":
+        params = [dense(64, 256), dense(256, 256), dense(256, 10)]
+
+        def forward(params, images):
+            h = images.reshape(len(images), -1)
+            for layer in params[:-1]:
+                h = jax.nn.relu(h @ layer["w"] + layer["b"])
+            return h @ params[-1]["w"] + params[-1]["b"]
+    else:
+        params = [conv(1, 32), conv(32, 64), dense(64 * 2 * 2, 128), dense(128, 10)]
+
+        def forward(params, images):
+            h = images
+            for layer in params[:2]:
+                h = jax.lax.conv_general_dilated(h, layer["w"], (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                h = pool(jax.nn.relu(h + layer["b"]))
+            h = jax.nn.relu(h.reshape(len(h), -1) @ params[2]["w"] + params[2]["b"])
+            return h @ params[3]["w"] + params[3]["b"]
+
+    def loss_fn(params, images, labels):
+        log_probs = jax.nn.log_softmax(forward(params, images))
+        return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+
+    @jax.jit
+    def step(params, m, v, t, images, labels):
+        # Adam, written out: the same update as torch.optim.Adam and keras.optimizers.Adam.
+        grads = jax.grad(loss_fn)(params, images, labels)
+        m = jax.tree_util.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grads)
+        v = jax.tree_util.tree_map(lambda a, g: 0.999 * a + 0.001 * g * g, v, grads)
+        scale = 1e-3 * jnp.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        params = jax.tree_util.tree_map(lambda p, a, b: p - scale * a / (jnp.sqrt(b) + 1e-7),
+                                        params, m, v)
+        return params, m, v
+
+    m = jax.tree_util.tree_map(jnp.zeros_like, params)
+    v = jax.tree_util.tree_map(jnp.zeros_like, params)
+    rng = np.random.default_rng(0)
+    seconds, t = [], 0
+    for _ in range(epochs):
+        started = time.perf_counter()
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), BATCH_SIZE):
+            batch = order[start:start + BATCH_SIZE]
+            t += 1
+            params, m, v = step(params, m, v, t, x[batch], y[batch])
+        jax.block_until_ready(params)
+        seconds.append(time.perf_counter() - started)
+    return {"samples_per_s": median_rate(seconds, len(x))}
+
+
+MEASUREMENTS = {
+    "app": lambda architecture, epochs: measure_app_default(epochs),
+    "keras": measure_keras,
+    "torch-loop": measure_torch_loop,
+    "jax-loop": measure_jax_loop,
+}
+
+
+def run_worker(kind, backend, architecture, epochs):
+    """Runs one measurement in a fresh process and returns its JSON result."""
+    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, __file__, "--worker", kind, "--architecture", architecture,
+               "--epochs", str(epochs)]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{kind}/{backend}/{architecture} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--worker", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)
+    parser.add_argument("--architecture", default="mlp", choices=["mlp", "cnn"])
+    arguments = parser.parse_args()
+    if arguments.worker:
+        print(json.dumps(MEASUREMENTS[arguments.worker](arguments.architecture, arguments.epochs)))
+        return
+
+    epochs = arguments.epochs
+    print(f"Digits train split (1257 samples), batch {BATCH_SIZE}, {epochs} epochs, "
+          f"first {WARMUP_EPOCHS} not timed for rates; {os.cpu_count()} CPU cores.\n")
+    print("Default `fit` model (MLP teacher, batch norm, dropout, Adam) per backend:\n")
+    print("| backend | first epoch (s) | s / epoch | samples / s | whole fit (s) |")
+    print("|---|---|---|---|---|")
+    for backend in BACKENDS:
+        row = run_worker("app", backend, "mlp", epochs)
+        print(f"| {backend} | {row['first_epoch_s']:.2f} | {row['epoch_s']:.3f} | "
+              f"{row['samples_per_s']:,.0f} | {row['fit_s']:.1f} |", flush=True)
+
+    print("\nSame model, Keras `fit` versus hand-written loops (samples / s, Adam, no validation):\n")
+    print("| model | Keras TF | Keras JAX | Keras torch | torch loop | JAX loop |")
+    print("|---|---|---|---|---|---|")
+    for architecture in ("mlp", "cnn"):
+        rates = [run_worker("keras", backend, architecture, epochs)["samples_per_s"]
+                 for backend in BACKENDS]
+        rates.append(run_worker("torch-loop", "torch", architecture, epochs)["samples_per_s"])
+        rates.append(run_worker("jax-loop", "jax", architecture, epochs)["samples_per_s"])
+        print(f"| {architecture} | " + " | ".join(f"{rate:,.0f}" for rate in rates) + " |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

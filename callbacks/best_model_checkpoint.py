@@ -1,0 +1,73 @@
+"""Saves the model of the best epoch, where only finite metric values can be best."""
+
+import math
+
+import keras
+
+
+def resolve_mode(monitor, mode):
+    """`"min"` or `"max"` for `monitor`; `"auto"` maximises accuracies, as Keras does."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+@keras.saving.register_keras_serializable(package="efficient_learning")
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Writes the whole model to `filepath` each time `monitor` reaches a new best.
+
+    Unlike `keras.callbacks.ModelCheckpoint(save_best_only=True)`, a NaN or infinite value
+    never counts as best (Keras 3.15 saves a NaN first epoch), so a diverged run keeps its
+    last good model or none at all. After training, `best_epoch` (1-based) and `best_value`
+    say which epoch was kept.
+
+    Args:
+        filepath: where to save, a `.keras` path.
+        monitor: the logged metric to compare, e.g. `"val_loss"`.
+        mode: `"min"`, `"max"` or `"auto"` (accuracies are maximised, the rest minimised).
+
+    Example:
+
+    ```python
+    checkpoint = BestModelCheckpoint("best.keras", monitor="val_accuracy")
+    model.fit(x, y, validation_split=0.2, epochs=20, callbacks=[checkpoint])
+    checkpoint.best_epoch, checkpoint.best_value
+    ```
+    """
+
+    def __init__(self, filepath, monitor="val_loss", mode="auto"):
+        super().__init__()
+        self.filepath = str(filepath)
+        self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode)
+        self.best_epoch = None
+        self.best_value = None
+
+    def on_train_begin(self, logs=None):
+        self.best_epoch = None
+        self.best_value = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"BestModelCheckpoint monitors {self.monitor!r}, which is not "
+                           f"logged; logged: {', '.join(sorted(logs or {}))}")
+        value = float(value)
+        if not math.isfinite(value) or not self._improves(value):
+            return
+        self.best_epoch, self.best_value = epoch + 1, value
+        self.model.save(self.filepath)
+
+    def _improves(self, value):
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.mode == "min" else value > self.best_value
+
+    def get_config(self):
+        return {"filepath": self.filepath, "monitor": self.monitor, "mode": self.mode}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

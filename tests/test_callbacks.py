@@ -1,0 +1,90 @@
+import copy
+
+import keras
+import numpy as np
+import pytest
+
+from callbacks import BestModelCheckpoint, LearningRateMonitor
+
+
+def tiny_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    return model
+
+
+def replay(callback, model, values, monitor):
+    """Feeds a metric sequence to a callback as if `fit` had logged it."""
+    callback.set_model(model)
+    callback.on_train_begin()
+    saved = []
+    for epoch, value in enumerate(values):
+        before = getattr(callback, "best_epoch", None)
+        callback.on_epoch_end(epoch, {monitor: value})
+        saved.append(getattr(callback, "best_epoch", None) != before)
+    return saved
+
+
+# Keras 3.15's "auto" asks the compiled metric objects, so the reference gets the explicit mode.
+@pytest.mark.parametrize(("monitor", "mode", "keras_mode"), [
+    ("val_loss", "auto", "min"), ("val_accuracy", "auto", "max"), ("val_loss", "max", "max")])
+def test_selects_the_same_epochs_as_keras_on_finite_values(tmp_path, monitor, mode, keras_mode):
+    values = np.random.default_rng(0).uniform(size=12).tolist()
+    model = tiny_model()
+    ours = replay(BestModelCheckpoint(tmp_path / "ours.keras", monitor, mode), model, values, monitor)
+    keras_checkpoint = keras.callbacks.ModelCheckpoint(
+        tmp_path / "keras-{epoch}.keras", monitor=monitor, mode=keras_mode, save_best_only=True)
+    replay(keras_checkpoint, model, values, monitor)
+    keras_epochs = sorted(int(p.stem.split("-")[1]) for p in tmp_path.glob("keras-*.keras"))
+    assert [epoch + 1 for epoch, saved in enumerate(ours) if saved] == keras_epochs
+
+
+def test_non_finite_values_are_never_best(tmp_path):
+    checkpoint = BestModelCheckpoint(tmp_path / "best.keras")
+    saved = replay(checkpoint, tiny_model(), [np.nan, 2.0, np.inf, 1.0, np.nan], "val_loss")
+    assert saved == [False, True, False, True, False]
+    assert (checkpoint.best_epoch, checkpoint.best_value) == (4, 1.0)
+    nothing = BestModelCheckpoint(tmp_path / "never.keras")
+    replay(nothing, tiny_model(), [np.nan, np.nan], "val_loss")
+    assert nothing.best_epoch is None and not (tmp_path / "never.keras").exists()
+
+
+def test_saved_model_is_the_best_epochs(tmp_path):
+    model = tiny_model()
+    checkpoint = BestModelCheckpoint(tmp_path / "best.keras")
+    checkpoint.set_model(model)
+    checkpoint.on_train_begin()
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    best_weights = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in best_weights])
+    checkpoint.on_epoch_end(1, {"val_loss": 5.0})
+    loaded = keras.saving.load_model(tmp_path / "best.keras")
+    for ours, saved in zip(best_weights, loaded.get_weights()):
+        np.testing.assert_array_equal(ours, saved)
+
+
+def test_missing_monitor_is_named(tmp_path):
+    checkpoint = BestModelCheckpoint(tmp_path / "b.keras", monitor="val_auc")
+    checkpoint.set_model(tiny_model())
+    with pytest.raises(KeyError, match="val_auc"):
+        checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+
+
+def test_learning_rate_monitor_logs_the_rate_of_each_epochs_first_update():
+    steps_per_epoch, epochs = 4, 3
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(schedule), "mse")
+    x, y = np.ones((steps_per_epoch * 8, 2)), np.zeros((steps_per_epoch * 8, 1))
+    history = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=[LearningRateMonitor()])
+    expected = [0.1 * 0.5 ** (epoch * steps_per_epoch) for epoch in range(epochs)]
+    np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("callback", [LearningRateMonitor(log_key="lr"), BestModelCheckpoint("b.keras", "val_accuracy")])
+def test_callbacks_serialize_and_deep_copy(callback):
+    clone = type(callback).from_config(callback.get_config())
+    assert clone.get_config() == callback.get_config()
+    assert copy.deepcopy(callback).get_config() == callback.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(callback))
+    assert type(restored) is type(callback)

@@ -1,0 +1,84 @@
+import pytest
+
+from app.config import Config, config_hash, dump_config, load_config
+from app.errors import UserError
+
+
+def test_defaults_cover_every_section():
+    config = load_config()
+    assert config == Config()
+    for section in ("data", "model", "optimizer", "schedule", "training", "early_stopping", "output"):
+        assert hasattr(config, section)
+    assert isinstance(config.seed, int)
+
+
+def test_file_and_overrides_are_applied_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  epochs: 7\n  batch_size: 16\nmodel:\n  size: student\n")
+    config = load_config(path, ["training.epochs=3", "optimizer.learning_rate=1e-3",
+                                "data.image_size=[16, 16]"])
+    assert config.training.epochs == 3
+    assert config.training.batch_size == 16
+    assert config.model.size == "student"
+    # PyYAML reads 1e-3 as text; a float key accepts it as a number.
+    assert config.optimizer.learning_rate == pytest.approx(1e-3)
+    assert config.data.image_size == [16, 16]
+
+
+def test_dump_round_trips_exactly(tmp_path):
+    config = load_config(overrides=["training.label_smoothing=0.1", "optimizer.name=sgd",
+                                    "optimizer.momentum=0.9", "schedule.name=cosine"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+    assert config_hash(load_config(path)) == config_hash(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.epoch=3"], "unknown config key 'training.epoch'; did you mean 'epochs'?"),
+        (["trainning.epochs=3"], "unknown config key 'trainning'"),
+        (["training.epochs=-1"], "training.epochs must be >= 1; got -1"),
+        (["training.epochs=2.5"], "training.epochs must be an integer; got 2.5"),
+        (["training.epochs=true"], "training.epochs must be an integer; got True"),
+        (["training.batch_size=many"], "training.batch_size must be an integer"),
+        (["optimizer.name=lbfgs"], "optimizer.name must be one of"),
+        (["optimizer.learning_rate=0"], "optimizer.learning_rate must be > 0.0"),
+        (["optimizer.learning_rate=fast"], "optimizer.learning_rate must be a number or null"),
+        (["model.dropout=1.0"], "model.dropout must be >= 0.0 and < 1.0"),
+        (["training.label_smoothing=-0.1"], "training.label_smoothing must be >= 0.0"),
+        (["data.test_fraction=0.6", "data.validation_fraction=0.5"], "must be < 1"),
+        (["data.image_size=[8]"], "data.image_size must be [height, width]"),
+        (["optimizer.name=adam", "optimizer.momentum=0.9"],
+         "optimizer.momentum does not apply to optimizer 'adam'"),
+        (["training.clip_norm=1", "training.clip_value=1"], "set at most one of"),
+        (["schedule.warmup_epochs=2"], "schedule.warmup_epochs needs schedule.name: cosine"),
+        (["training=5"], "training must be a mapping"),
+        (["epochs"], "--set 'epochs' must look like section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(UserError) as raised:
+        load_config(overrides=overrides)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  epochs: [3\n")
+    with pytest.raises(UserError, match=r"not valid YAML at line \d+"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="must be a mapping of sections"):
+        load_config(path)

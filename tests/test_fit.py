@@ -1,0 +1,177 @@
+"""`python -m app fit` and `evaluate` end to end on the backend under test."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+import app.training
+from app.config import load_config
+from app.data import load_dataset
+from app.reporting import read_history_csv
+from conftest import BACKEND, FAST, run_subprocess
+
+RUN_FILES = {"config.yaml", "classes.json", "history.csv", "best.keras", "metrics.json", "curves.png"}
+
+
+def fit_arguments(*overrides):
+    """`fit` with the fast settings and `overrides`, as command-line arguments."""
+    arguments = ["fit"]
+    for override in [*FAST, *overrides]:
+        arguments += ["--set", override]
+    return arguments
+
+
+def fit(run_cli, *overrides):
+    code, out, err = run_cli(*fit_arguments(*overrides))
+    assert code == 0, err
+    return out
+
+
+def only_run(runs_dir):
+    runs = list(runs_dir.iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_fit_on_digits_writes_a_complete_run(run_cli, runs_dir):
+    out = fit(run_cli)
+    run = only_run(runs_dir)
+    assert run.name.startswith("mlp-teacher-")
+    assert {path.name for path in run.iterdir()} == RUN_FILES
+    assert str(run) in out and "majority baseline" in out
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["backend"] == BACKEND
+    assert metrics["test"]["accuracy"] > 0.9
+    assert metrics["baseline"]["majority_class_accuracy"] < 0.15
+    assert metrics["samples"] == {"train": 1257, "validation": 270, "test": 270}
+    assert metrics["versions"]["keras"] == keras.__version__
+
+    history = read_history_csv(run / "history.csv")
+    assert len(history["epoch"]) == metrics["epochs_run"] <= 8
+    assert history["learning_rate"] == pytest.approx([1e-3] * metrics["epochs_run"])
+    best = metrics["best"]
+    assert best["val_loss"] == pytest.approx(min(history["val_loss"]), rel=1e-6)
+    assert history["val_loss"][best["epoch"] - 1] == pytest.approx(best["val_loss"], rel=1e-6)
+    assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+    # The resolved configuration repeats the run: every default is filled in.
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["optimizer"]["learning_rate"] == pytest.approx(1e-3)
+    assert resolved["training"]["epochs"] == 8 and resolved["output"]["name"] == "mlp-teacher"
+    config = load_config(run / "config.yaml")
+
+    # best.keras is the best epoch's model: it reproduces the recorded test and validation scores.
+    model = keras.saving.load_model(run / "best.keras")
+    dataset = load_dataset(config.data, seed=config.seed)
+    val_loss, _ = model.evaluate(dataset.x_val, dataset.y_val, verbose=0)
+    assert val_loss == pytest.approx(best["val_loss"], rel=1e-4)
+    code, out, _ = run_cli("evaluate", str(run))
+    assert code == 0
+    assert f"accuracy {metrics['test']['accuracy']:.4f}" in out
+
+
+def test_test_split_is_evaluated_exactly_once_and_never_during_training(run_cli, monkeypatch):
+    x_test = load_dataset(load_config().data, seed=load_config().seed).x_test
+    test_rows = {row.tobytes() for row in x_test}
+    seen = []
+    original_fit, original_evaluate = keras.Model.fit, keras.Model.evaluate
+
+    def spy_fit(model, x, y, validation_data=None, **kwargs):
+        seen.append(("fit", any(row.tobytes() in test_rows for row in x)))
+        seen.append(("validation", any(row.tobytes() in test_rows for row in validation_data[0])))
+        return original_fit(model, x, y, validation_data=validation_data, **kwargs)
+
+    def spy_evaluate(model, x, y, **kwargs):
+        if np.array_equal(x, x_test):
+            seen.append(("evaluate test", True))
+        return original_evaluate(model, x, y, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    monkeypatch.setattr(keras.Model, "evaluate", spy_evaluate)
+    fit(run_cli, "training.epochs=2")
+    assert seen == [("fit", False), ("validation", False), ("evaluate test", True)]
+
+
+def test_cnn_student_with_schedule_smoothing_and_clipping(run_cli, runs_dir):
+    fit(run_cli, "model.architecture=cnn", "model.size=student", "model.width=null",
+        "optimizer.name=sgd", "optimizer.learning_rate=0.05", "optimizer.momentum=0.9",
+        "optimizer.nesterov=true", "schedule.name=cosine", "schedule.warmup_epochs=1",
+        "training.label_smoothing=0.1", "training.global_clip_norm=1.0",
+        "early_stopping.enabled=false", "training.epochs=4", "output.name=cnn",
+        "output.timestamp=false")
+    run = runs_dir / "cnn"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 4
+    assert metrics["test"]["accuracy"] > 0.5
+    rates = read_history_csv(run / "history.csv")["learning_rate"]
+    # Warm-up starts at 0 for the first epoch, then the cosine decays.
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(0.05, rel=1e-5) and rates[1] > rates[2] > rates[3]
+    import callbacks
+
+    model = keras.saving.load_model(run / "best.keras")
+    assert isinstance(model.loss, callbacks.SparseCategoricalCrossentropy)
+    assert model.loss.label_smoothing == 0.1
+
+
+def test_same_config_and_seed_give_the_same_metrics(run_cli, runs_dir):
+    fit(run_cli, "training.epochs=3", "output.name=a")
+    fit(run_cli, "training.epochs=3", "output.name=b")
+    first, second = (read_history_csv(next(runs_dir.glob(f"{name}-*")) / "history.csv") for name in "ab")
+    for key in first:
+        np.testing.assert_allclose(first[key], second[key], rtol=1e-6, err_msg=key)
+
+
+def test_a_failure_while_writing_leaves_no_run_directory(run_cli, runs_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(app.training, "_write_reports", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        fit(run_cli, "training.epochs=1")
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_an_interrupted_run_leaves_no_run_directory(run_cli, runs_dir, monkeypatch):
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    original = keras.callbacks.EarlyStopping
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kwargs: Interrupt())
+    code, _, err = run_cli(*fit_arguments())
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", original)
+    assert code == 130 and "no run directory was written" in err
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir):
+    code, _, err = run_cli(*fit_arguments(
+        "optimizer.name=sgd", "optimizer.learning_rate=1e30", "model.normalization=none",
+        "training.epochs=2"))
+    assert code == 2
+    assert err.startswith("error: val_loss was never finite") and err.count("\n") == 1
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_best_keras_predicts_the_same_on_the_other_backends(run_cli, runs_dir, tmp_path):
+    fit(run_cli, "training.epochs=2", "model.architecture=cnn", "model.size=student")
+    run = only_run(runs_dir)
+    config = load_config(run / "config.yaml")
+    x_test = load_dataset(config.data, seed=config.seed).x_test[:64]
+    np.save(tmp_path / "x.npy", x_test)
+    expected = keras.saving.load_model(run / "best.keras").predict(x_test, verbose=0)
+    script = (
+        "import sys, numpy as np, keras\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))\n"
+    )
+    for other in {"tensorflow", "jax", "torch"} - {BACKEND}:
+        output = tmp_path / f"{other}.npy"
+        result = run_subprocess(["-c", script, str(run / "best.keras"), str(tmp_path / "x.npy"),
+                                 str(output)], backend=other)
+        assert result.returncode == 0, result.stderr[-2000:]
+        np.testing.assert_allclose(np.load(output), expected, rtol=1e-4, atol=1e-4, err_msg=other)
