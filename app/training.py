@@ -23,12 +23,11 @@ from app.rundir import StagedRunDirectory, plan_run_directory
 CLASS_NAMES_FILE = "classes.json"
 
 
-def run_fit(config, run_dir=None):
+def run_fit(config):
     """Trains the configured model and writes a complete run directory.
 
     Args:
         config: a validated `app.config.Config`.
-        run_dir: the run directory to create, or `None` to derive it from `config.output`.
 
     Returns:
         `(run_dir, metrics)`: the path of the run directory and what `metrics.json` holds.
@@ -40,8 +39,7 @@ def run_fit(config, run_dir=None):
     dataset = load_dataset(config.data, seed=config.seed)
     _check_model_fits_data(config.model, dataset)
     name = config.output.name or f"{config.model.architecture}-{config.model.size}"
-    if run_dir is None:
-        run_dir = plan_run_directory(config.output, name)
+    run_dir = plan_run_directory(config.output, name)
     config = resolve(config, name)
 
     import keras
@@ -140,7 +138,7 @@ def _train(model, config, dataset, staging):
     if config.early_stopping.enabled:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor,
-            mode=config.early_stopping.mode,
+            mode=checkpoint.mode,  # resolved by name, so both always agree on the direction
             patience=config.early_stopping.patience,
             min_delta=config.early_stopping.min_delta,
         ))

@@ -26,6 +26,18 @@ def regularizer(l1, l2):
     return keras.regularizers.L1L2(l1=l1, l2=l2)
 
 
+def hidden_kernel_options(*, initializer, normalization, l1, l2):
+    """Arguments of every hidden `Dense`/`Conv2D` layer.
+
+    The bias is dropped before batch normalisation, whose own shift makes it redundant.
+    """
+    return {
+        "use_bias": normalization != "batch",
+        "kernel_initializer": initializer,
+        "kernel_regularizer": regularizer(l1, l2),
+    }
+
+
 def normalized_activation(x, *, normalization, activation, dropout, name):
     """Normalisation, then activation, then dropout, after a linear or conv layer.
 

@@ -2,7 +2,7 @@
 
 import keras
 
-from models.blocks import normalized_activation, preprocessing, regularizer
+from models.blocks import hidden_kernel_options, normalized_activation, preprocessing, regularizer
 
 
 def build_cnn(input_shape, num_classes, *, filters=32, depth=2, width=128, activation="relu",
@@ -43,26 +43,18 @@ def build_cnn(input_shape, num_classes, *, filters=32, depth=2, width=128, activ
                          f"got samples of shape {tuple(input_shape)}")
     inputs = keras.Input(shape=input_shape, name="input")
     x = preprocessing(inputs, mean, variance)
+    kernel = hidden_kernel_options(initializer=initializer, normalization=normalization, l1=l1, l2=l2)
     spatial = min(input_shape[:2])
     for index in range(depth):
-        x = keras.layers.Conv2D(
-            filters * 2**index,
-            3,
-            padding="same",
-            use_bias=normalization != "batch",
-            kernel_initializer=initializer,
-            kernel_regularizer=regularizer(l1, l2),
-            name=f"conv_{index}",
-        )(x)
+        x = keras.layers.Conv2D(filters * 2**index, 3, padding="same", name=f"conv_{index}",
+                                **kernel)(x)
         x = normalized_activation(x, normalization=normalization, activation=activation,
                                   dropout=0.0, name=f"conv_{index}")
         if spatial >= 2:
             x = keras.layers.MaxPooling2D(2, name=f"pool_{index}")(x)
             spatial //= 2
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(width, use_bias=normalization != "batch",
-                           kernel_initializer=initializer,
-                           kernel_regularizer=regularizer(l1, l2), name="dense")(x)
+    x = keras.layers.Dense(width, name="dense", **kernel)(x)
     x = normalized_activation(x, normalization=normalization, activation=activation,
                               dropout=dropout, name="dense")
     logits = keras.layers.Dense(num_classes, kernel_initializer="glorot_uniform",

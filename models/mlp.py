@@ -2,7 +2,7 @@
 
 import keras
 
-from models.blocks import normalized_activation, preprocessing, regularizer
+from models.blocks import hidden_kernel_options, normalized_activation, preprocessing, regularizer
 
 
 def build_mlp(input_shape, num_classes, *, width=256, depth=2, activation="relu",
@@ -39,14 +39,9 @@ def build_mlp(input_shape, num_classes, *, width=256, depth=2, activation="relu"
     x = preprocessing(inputs, mean, variance)
     if len(input_shape) > 1:
         x = keras.layers.Flatten(name="flatten")(x)
+    kernel = hidden_kernel_options(initializer=initializer, normalization=normalization, l1=l1, l2=l2)
     for index in range(depth):
-        x = keras.layers.Dense(
-            width,
-            use_bias=normalization != "batch",
-            kernel_initializer=initializer,
-            kernel_regularizer=regularizer(l1, l2),
-            name=f"dense_{index}",
-        )(x)
+        x = keras.layers.Dense(width, name=f"dense_{index}", **kernel)(x)
         x = normalized_activation(x, normalization=normalization, activation=activation,
                                   dropout=dropout, name=f"dense_{index}")
     logits = keras.layers.Dense(num_classes, kernel_initializer="glorot_uniform",
