@@ -28,8 +28,8 @@ def write_json(data, path):
         handle.write("\n")
 
 
-def plot_curves(history, path, title):
-    """Loss, accuracy and learning rate against epoch, as a PNG."""
+def plot_curves(history, path, title, best_epoch=None):
+    """Loss, accuracy and learning rate against epoch as a PNG, with the best epoch marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,11 +43,15 @@ def plot_curves(history, path, title):
         axis.plot(epochs, history[key], label="train" if key != "learning_rate" else None)
         if f"val_{key}" in history:
             axis.plot(epochs, history[f"val_{key}"], label="validation")
-            axis.legend()
+        if best_epoch is not None:
+            axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1,
+                         label="best epoch" if key == "loss" else None)
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-        if key == "learning_rate":
+        if key != "learning_rate":
+            axis.legend()
+        else:
             axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     figure.suptitle(title)
     figure.tight_layout()

@@ -202,4 +202,4 @@ def _write_reports(staging, history, metrics, title):
 
     write_history_csv(history, staging / "history.csv")
     write_json(metrics, staging / "metrics.json")
-    plot_curves(history, staging / "curves.png", title=title)
+    plot_curves(history, staging / "curves.png", title=title, best_epoch=metrics["best"]["epoch"])
