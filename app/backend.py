@@ -13,7 +13,6 @@ from app.errors import UserError
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "jax"
-_EXTRA = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def select_backend(name=None):
@@ -32,7 +31,7 @@ def select_backend(name=None):
         raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if not is_installed(name):
         raise UserError(
-            f"backend {name!r} is not installed; pip install 'efficient-learning[{_EXTRA[name]}]' "
+            f"backend {name!r} is not installed; pip install 'efficient-learning[{name}]' "
             f"or choose an installed one ({', '.join(installed_backends()) or 'none'})"
         )
     if "keras" in sys.modules:

@@ -16,7 +16,8 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, like every other user error."""
 
     def error(self, message):
-        raise UserError(f"{message} (see: python -m app {self.prog.split()[-1]} --help)")
+        # prog is "app" or "app fit": the hint names the parser that raised the error.
+        raise UserError(f"{message} (see: python -m {self.prog} --help)")
 
 
 def build_parser():

@@ -34,9 +34,9 @@ def run_cli(tmp_path, capsys):
     """
     from app.cli import main
 
-    def run(*arguments, output=True):
+    def run(*arguments):
         arguments = list(arguments)
-        if output and arguments and arguments[0] == "fit":
+        if arguments and arguments[0] == "fit":
             arguments += ["--set", f"output.dir={tmp_path / 'runs'}"]
         code = main(arguments)
         captured = capsys.readouterr()

@@ -57,6 +57,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, run_cli
     assert sorted(tmp_path.rglob("*")) == before  # no run directory, not even a staging one
 
 
+@pytest.mark.parametrize(("arguments", "hint"), [
+    (["train"], "(see: python -m app --help)"),
+    (["evaluate"], "(see: python -m app evaluate --help)"),
+])
+def test_argument_errors_point_to_the_right_help(run_cli, arguments, hint):
+    code, _, err = run_cli(*arguments)
+    assert code == 2 and err.rstrip().endswith(hint), err
+
+
 def test_a_run_with_the_other_backend_of_a_running_keras_is_refused(run_cli):
     other = "torch" if BACKEND != "torch" else "jax"
     code, _, err = run_cli("info", "--backend", other)
