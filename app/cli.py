@@ -1,4 +1,4 @@
-"""The command line: `python -m app {fit,evaluate,info} [--backend NAME] ...`.
+"""The command line: `python -m app {fit,lr-find,evaluate,info} [--backend NAME] ...`.
 
 User errors are printed as one line on stderr with exit code 2 and no traceback.
 """
@@ -9,7 +9,9 @@ import sys
 
 from app import __version__
 from app.backend import BACKENDS, DEFAULT_BACKEND
+from app.config import LR_FINDER_RULES
 from app.errors import UserError
+from app.lr_find import DEFAULT_SWEEP
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,15 +33,32 @@ def build_parser():
     parser.add_argument("--backend", default=None, help=backend_help)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    fit = commands.add_parser(
-        "fit", parents=[common], help="train a model and write a run directory",
+    configured = argparse.ArgumentParser(add_help=False)
+    configured.add_argument("--config", help="YAML configuration file (defaults for every key)")
+    configured.add_argument("--set", dest="overrides", action="append", default=[],
+                            metavar="SECTION.KEY=VALUE",
+                            help="override one key, e.g. --set training.epochs=20 (repeatable)")
+
+    commands.add_parser(
+        "fit", parents=[common, configured], help="train a model and write a run directory",
         description="Train the configured model, keep the best epoch on validation data, "
                     "evaluate it once on the test split and write runs/<name>-<timestamp>/.",
     )
-    fit.add_argument("--config", help="YAML configuration file (defaults for every key)")
-    fit.add_argument("--set", dest="overrides", action="append", default=[],
-                     metavar="SECTION.KEY=VALUE",
-                     help="override one key, e.g. --set training.epochs=20 (repeatable)")
+
+    lr_find = commands.add_parser(
+        "lr-find", parents=[common, configured], help="suggest a learning rate (range test)",
+        description="Sweep the learning rate exponentially on training batches of the "
+                    "configured model, plot the loss against it and suggest a rate for "
+                    "schedule.lr. Writes runs/<name>-lr-find-<timestamp>/.",
+    )
+    lr_find.add_argument("--min-lr", type=_positive_float, default=DEFAULT_SWEEP["min_lr"],
+                         help="first rate of the sweep (default: %(default)g)")
+    lr_find.add_argument("--max-lr", type=_positive_float, default=DEFAULT_SWEEP["max_lr"],
+                         help="last rate of the sweep (default: %(default)g)")
+    lr_find.add_argument("--steps", type=_sweep_steps, default=DEFAULT_SWEEP["steps"],
+                         help="updates in the sweep (default: %(default)s)")
+    lr_find.add_argument("--rule", choices=LR_FINDER_RULES, default=DEFAULT_SWEEP["rule"],
+                         help="how the suggestion is read off the curve (default: %(default)s)")
 
     evaluate = commands.add_parser(
         "evaluate", parents=[common], help="evaluate a run's best.keras again",
@@ -59,10 +78,16 @@ def main(argv=None):
     try:
         arguments = build_parser().parse_args(argv)
         # Validate the configuration before the backend starts: bad input fails fast.
-        config = _load_fit_config(arguments) if arguments.command == "fit" else None
+        configured = arguments.command in ("fit", "lr-find")
+        config = _load_config(arguments) if configured else None
+        if arguments.command == "lr-find" and not arguments.min_lr < arguments.max_lr:
+            raise UserError(f"--min-lr must be below --max-lr; got {arguments.min_lr:g} and "
+                            f"{arguments.max_lr:g}")
         _start_backend(arguments.backend)
         if arguments.command == "fit":
             return _fit(config)
+        if arguments.command == "lr-find":
+            return _lr_find(config, arguments)
         if arguments.command == "evaluate":
             return _evaluate(arguments)
         return _info()
@@ -74,7 +99,23 @@ def main(argv=None):
         return 130
 
 
-def _load_fit_config(arguments):
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    return value
+
+
+def _sweep_steps(text):
+    if not text.isdigit() or int(text) < 5:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 5; got {text}")
+    return int(text)
+
+
+def _load_config(arguments):
     from app.config import load_config
 
     return load_config(arguments.config, arguments.overrides)
@@ -93,6 +134,21 @@ def _fit(config):
 
     run_dir, metrics = run_fit(config)
     print(format_summary(metrics, run_dir))
+    return 0
+
+
+def _lr_find(config, arguments):
+    from app.lr_find import run_lr_find
+
+    run_dir, summary = run_lr_find(config, arguments.min_lr, arguments.max_lr, arguments.steps,
+                                   arguments.rule)
+    others = ", ".join(f"{rule} {value:.3g}" for rule, value in summary["suggestions"].items()
+                       if value is not None)
+    print(f"suggested learning rate ({summary['rule']}): {summary['suggestion']:.3g}  "
+          f"[{others}]")
+    print(f"use it:  python -m app fit --set schedule.lr={summary['suggestion']:.3g}  "
+          f"(or schedule.lr=auto)")
+    print(f"curve:   {run_dir / 'lr_find.png'}")
     return 0
 
 

@@ -34,12 +34,44 @@ OPTIMIZER_PARAMETERS = {
 }
 
 
-def option(default, *, choices=None, low=None, high=None, low_open=False, high_open=False):
+# Keys that were renamed, with their new name: an old configuration gets a pointed message.
+MOVED_KEYS = {
+    "optimizer.learning_rate": "schedule.lr",
+    "schedule.warmup_epochs": "schedule.warmup",
+    "schedule.min_learning_rate": "schedule.min_lr",
+    "schedule.decay_rate": "schedule.gamma",
+}
+
+# The keys of the schedule section that apply to each schedule (besides the common ones).
+SCHEDULE_PARAMETERS = {
+    "constant": set(),
+    "step": {"step_size", "gamma"},
+    "multistep": {"milestones", "gamma"},
+    "exponential": {"gamma"},
+    "cosine": {"t_max", "min_lr"},
+    "cosine_restarts": {"t_0", "t_mult", "min_lr"},
+    "cyclic": {"step_size", "step_size_down", "min_lr", "cyclic_mode", "gamma"},
+    "one_cycle": {"pct_start", "anneal_strategy", "div_factor", "final_div_factor",
+                  "three_phase"},
+}
+REQUIRED_SCHEDULE_PARAMETERS = {
+    "step": "step_size", "multistep": "milestones", "cosine_restarts": "t_0", "cyclic": "step_size",
+}
+# The rules of `callbacks.suggest_learning_rate`, here so that configurations and the
+# command line are checked before Keras starts.
+LR_FINDER_RULES = ("valley", "steepest", "minimum")
+# Cyclic and one-cycle schedules rise from a low rate by themselves.
+WARMUP_SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "cosine_restarts")
+
+
+def option(default, *, choices=None, low=None, high=None, low_open=False, high_open=False,
+           keywords=()):
     """A configuration field with its default and the values it accepts.
 
     Args:
         default: the value used when the configuration does not set the key.
         choices: the allowed values, or `None` for any value of the field's type.
+        keywords: strings accepted besides values of the field's type (e.g. `"auto"`).
         low: the smallest allowed number (`None`: unbounded).
         high: the largest allowed number (`None`: unbounded).
         low_open: whether `low` itself is excluded.
@@ -51,6 +83,7 @@ def option(default, *, choices=None, low=None, high=None, low_open=False, high_o
         "high": high,
         "low_open": low_open,
         "high_open": high_open,
+        "keywords": tuple(keywords),
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
@@ -102,10 +135,12 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class OptimizerConfig:
-    """The optimizer. Unset (`null`) parameters take Keras's default for that optimizer."""
+    """The optimizer. Unset (`null`) parameters take Keras's default for that optimizer.
+
+    The learning rate is `schedule.lr`.
+    """
 
     name: str = option("adam", choices=sorted(OPTIMIZER_PARAMETERS))
-    learning_rate: Optional[float] = option(None, low=0.0, low_open=True)
     weight_decay: Optional[float] = option(None, low=0.0)
     momentum: Optional[float] = option(None, low=0.0, high=1.0, high_open=True)
     nesterov: Optional[bool] = option(None)
@@ -119,18 +154,55 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass
-class ScheduleConfig:
-    """How the learning rate changes over training, in epochs.
+class PlateauConfig:
+    """Reduce the learning rate when `monitor` stops improving (`callbacks.ReduceLROnPlateau`).
 
-    `constant` keeps `optimizer.learning_rate`; `cosine` decays it to `min_learning_rate`
-    over the run after `warmup_epochs` of linear warm-up; `exponential` multiplies it by
-    `decay_rate` every epoch (smoothly, per update).
+    Works with every schedule: it then scales the schedule's output.
     """
 
-    name: str = option("constant", choices=["constant", "cosine", "exponential"])
-    warmup_epochs: float = option(0.0, low=0.0)
-    min_learning_rate: float = option(0.0, low=0.0)
-    decay_rate: float = option(0.9, low=0.0, high=1.0, low_open=True)
+    enabled: bool = option(False)
+    monitor: str = option("val_loss", choices=["val_loss", "val_accuracy", "loss", "accuracy"])
+    mode: str = option("auto", choices=["auto", "min", "max"])
+    factor: float = option(0.1, low=0.0, high=1.0, low_open=True, high_open=True)
+    patience: int = option(5, low=0)
+    threshold: float = option(1e-4, low=0.0)
+    threshold_mode: str = option("rel", choices=["rel", "abs"])
+    cooldown: int = option(0, low=0)
+    min_lr: float = option(0.0, low=0.0)
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """The learning rate and how it changes over training.
+
+    `lr` is the constant, initial or peak rate: a number, `null` (Keras's default for the
+    optimizer) or `auto` (the LR finder's suggestion by `lr_rule`). Lengths (`warmup`, `step_size`,
+    `milestones`, `t_max`, `t_0`, `step_size_down`) count `unit`s: `epochs` (fractions
+    allowed) or optimizer `updates`. Schedule-specific keys left `null` take the defaults in
+    the README; setting one that does not apply to `name` is an error.
+    """
+
+    name: str = option("constant", choices=list(SCHEDULE_PARAMETERS))
+    lr: Optional[float] = option(None, low=0.0, low_open=True, keywords=["auto"])
+    lr_rule: str = option("valley", choices=list(LR_FINDER_RULES))
+    unit: str = option("epochs", choices=["epochs", "updates"])
+    warmup: float = option(0.0, low=0.0)
+    warmup_start_factor: float = option(0.0, low=0.0, high=1.0)
+    gamma: Optional[float] = option(None, low=0.0, low_open=True)
+    step_size: Optional[float] = option(None, low=0.0, low_open=True)
+    step_size_down: Optional[float] = option(None, low=0.0, low_open=True)
+    milestones: Optional[list[float]] = option(None, low=0.0)
+    t_max: Optional[float] = option(None, low=0.0, low_open=True)
+    t_0: Optional[float] = option(None, low=0.0, low_open=True)
+    t_mult: Optional[int] = option(None, low=1)
+    min_lr: Optional[float] = option(None, low=0.0)
+    cyclic_mode: Optional[str] = option(None, choices=["triangular", "triangular2", "exp_range"])
+    pct_start: Optional[float] = option(None, low=0.0, high=1.0)
+    anneal_strategy: Optional[str] = option(None, choices=["cos", "linear"])
+    div_factor: Optional[float] = option(None, low=0.0, low_open=True)
+    final_div_factor: Optional[float] = option(None, low=0.0, low_open=True)
+    three_phase: Optional[bool] = option(None)
+    plateau: PlateauConfig = dataclasses.field(default_factory=PlateauConfig)
 
 
 @dataclasses.dataclass
@@ -282,6 +354,8 @@ def _build(cls, tree, prefix):
 
 
 def _unknown_key_message(key, name, fields):
+    if key in MOVED_KEYS:
+        return f"config key {key!r} is now {MOVED_KEYS[key]!r}; rename it"
     close = difflib.get_close_matches(name, list(fields), n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
     return f"unknown config key {key!r}; {hint}"
@@ -306,6 +380,8 @@ def _inner(annotation):
 
 def _check_value(key, value, annotation, metadata):
     declared = annotation
+    if isinstance(value, str) and value in metadata.get("keywords", ()):
+        return value
     if _is_optional(annotation):
         if value is None:
             return None
@@ -313,7 +389,8 @@ def _check_value(key, value, annotation, metadata):
     try:
         value = _coerce(key, value, annotation)
     except UserError:
-        raise UserError(f"{key} must be {_type_name(declared)}; got {value!r}") from None
+        expected = " or ".join([_type_name(declared), *metadata.get("keywords", ())])
+        raise UserError(f"{key} must be {expected}; got {value!r}") from None
     choices = metadata.get("choices")
     if choices is not None and value not in choices:
         allowed = ", ".join(str(choice) for choice in choices)
@@ -407,10 +484,29 @@ def _check_section(section, prefix):
                 f"{prefix}global_clip_norm; got {', '.join(clipping)}"
             )
     elif isinstance(section, ScheduleConfig):
-        if section.warmup_epochs > 0 and section.name != "cosine":
-            raise UserError(
-                f"{prefix}warmup_epochs needs {prefix}name: cosine; got {section.name!r}"
-            )
+        _check_schedule(section, prefix)
     elif isinstance(section, OutputConfig):
         if section.name is not None and ("/" in section.name or section.name.startswith(".")):
             raise UserError(f"{prefix}name must be a plain folder name; got {section.name!r}")
+
+
+def _check_schedule(section, prefix):
+    accepted = SCHEDULE_PARAMETERS[section.name]
+    for name in set().union(*SCHEDULE_PARAMETERS.values()) - accepted:
+        if getattr(section, name) is not None:
+            takes = ", ".join(sorted(accepted)) or "no schedule parameters"
+            raise UserError(f"{prefix}{name} does not apply to schedule {section.name!r} "
+                            f"(it takes: {takes})")
+    required = REQUIRED_SCHEDULE_PARAMETERS.get(section.name)
+    if required and getattr(section, required) is None:
+        raise UserError(f"schedule {section.name!r} needs {prefix}{required} "
+                        f"(in {prefix}unit: {section.unit})")
+    if section.warmup > 0 and section.name not in WARMUP_SCHEDULES:
+        raise UserError(f"{prefix}warmup does not apply to {section.name!r}, which warms up "
+                        f"by itself; set {prefix}warmup to 0")
+    if section.name == "multistep" and not section.milestones:
+        raise UserError(f"{prefix}milestones must list at least one step")
+    if section.name == "cyclic" and isinstance(section.lr, float) and section.min_lr is not None \
+            and section.min_lr >= section.lr:
+        raise UserError(f"cyclic: {prefix}min_lr must be below {prefix}lr; "
+                        f"got {section.min_lr} and {section.lr}")

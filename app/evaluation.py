@@ -43,7 +43,7 @@ def run_evaluate(run_dir, split="test", data_source=None):
 
     import keras
 
-    import callbacks  # noqa: F401  (registers the project's losses for loading)
+    import callbacks  # noqa: F401  (registers the project's losses and schedules for loading)
 
     model = keras.saving.load_model(run_dir / "best.keras")
     expected_shape = tuple(model.input_shape[1:])

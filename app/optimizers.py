@@ -19,39 +19,76 @@ def default_learning_rate(name):
     return OPTIMIZERS[name]().get_config()["learning_rate"]
 
 
-def build_schedule(schedule_config, learning_rate, steps_per_epoch, epochs):
+def build_schedule(schedule_config, steps_per_epoch, epochs):
     """The learning rate to give the optimizer: a float or a `LearningRateSchedule`.
 
-    Schedule lengths are configured in epochs and converted to optimizer updates here.
+    Lengths in `schedule_config.unit` are converted to optimizer updates here; every
+    schedule advances once per update.
 
     Args:
-        schedule_config: an `app.config.ScheduleConfig`.
-        learning_rate: the peak (or constant) learning rate.
+        schedule_config: an `app.config.ScheduleConfig` whose `lr` is a number.
         steps_per_epoch: optimizer updates per epoch.
         epochs: the length of the run in epochs.
+
+    Example:
+
+    ```python
+    build_schedule(ScheduleConfig(name="one_cycle", lr=0.01), steps_per_epoch=20, epochs=30)
+    # OneCycle(max_lr=0.01, total_steps=600)
+    ```
     """
+    import callbacks
+
+    config = schedule_config
+    lr = config.lr
+    per_unit = steps_per_epoch if config.unit == "epochs" else 1
+
+    def updates(length):
+        return max(1, int(round(length * per_unit)))
+
+    warmup_steps = int(round(config.warmup * per_unit))
     total_steps = max(1, steps_per_epoch * epochs)
-    if schedule_config.name == "constant":
-        return learning_rate
-    if schedule_config.name == "exponential":
-        return keras.optimizers.schedules.ExponentialDecay(
-            learning_rate, decay_steps=steps_per_epoch, decay_rate=schedule_config.decay_rate
-        )
-    warmup_steps = int(round(schedule_config.warmup_epochs * steps_per_epoch))
-    decay_steps = max(1, total_steps - warmup_steps)
-    alpha = min(1.0, schedule_config.min_learning_rate / learning_rate)
-    if warmup_steps == 0:
-        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=alpha)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps, alpha=alpha, warmup_target=learning_rate, warmup_steps=warmup_steps
-    )
+    main_steps = max(1, total_steps - warmup_steps)
+
+    def pick(name, default):
+        value = getattr(config, name)
+        return default if value is None else value
+
+    if config.name == "constant":
+        schedule = lr
+    elif config.name == "step":
+        schedule = callbacks.StepDecay(lr, updates(config.step_size), pick("gamma", 0.1))
+    elif config.name == "multistep":
+        schedule = callbacks.MultiStepDecay(lr, [updates(m) for m in config.milestones],
+                                            pick("gamma", 0.1))
+    elif config.name == "exponential":
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            lr, decay_steps=per_unit, decay_rate=pick("gamma", 0.9))
+    elif config.name == "cosine":
+        t_max = updates(config.t_max) if config.t_max is not None else main_steps
+        schedule = callbacks.CosineAnnealing(lr, t_max, pick("min_lr", 0.0))
+    elif config.name == "cosine_restarts":
+        schedule = callbacks.CosineAnnealingWarmRestarts(
+            lr, updates(config.t_0), pick("t_mult", 1), pick("min_lr", 0.0))
+    elif config.name == "cyclic":
+        down = updates(config.step_size_down) if config.step_size_down is not None else None
+        schedule = callbacks.CyclicLR(pick("min_lr", lr / 10), lr, updates(config.step_size),
+                                      down, pick("cyclic_mode", "triangular"),
+                                      pick("gamma", 1.0))
+    else:
+        schedule = callbacks.OneCycle(
+            lr, total_steps, pick("pct_start", 0.3), pick("anneal_strategy", "cos"),
+            pick("div_factor", 25.0), pick("final_div_factor", 1e4), pick("three_phase", False))
+    if warmup_steps > 0:
+        return callbacks.Warmup(schedule, warmup_steps, config.warmup_start_factor)
+    return schedule
 
 
 def build_optimizer(optimizer_config, training_config, learning_rate):
     """A Keras optimizer with the configured parameters, weight decay and clipping.
 
     Args:
-        optimizer_config: an `app.config.OptimizerConfig` whose `learning_rate` is resolved.
+        optimizer_config: an `app.config.OptimizerConfig`.
         training_config: an `app.config.TrainingConfig` (clipping, accumulation steps).
         learning_rate: a float or a `LearningRateSchedule`.
 
@@ -65,7 +102,7 @@ def build_optimizer(optimizer_config, training_config, learning_rate):
     parameters = {
         field.name: getattr(optimizer_config, field.name)
         for field in dataclasses.fields(optimizer_config)
-        if field.name not in ("name", "learning_rate")
+        if field.name != "name"
         and getattr(optimizer_config, field.name) is not None
     }
     clipping = {

@@ -37,7 +37,7 @@ def run_fit(config):
             metric was never finite.
     """
     dataset = load_dataset(config.data, seed=config.seed)
-    _check_model_fits_data(config.model, dataset)
+    check_model_fits_data(config.model, dataset)
     name = config.output.name or f"{config.model.architecture}-{config.model.size}"
     run_dir = plan_run_directory(config.output, name)
     config = resolve(config, name)
@@ -45,12 +45,17 @@ def run_fit(config):
     import keras
 
     with StagedRunDirectory(run_dir) as run:
+        lr_finder = None
+        if config.schedule.lr == "auto":
+            lr_finder = _find_learning_rate(config, dataset, run.staging)
+            config = dataclasses.replace(
+                config, schedule=dataclasses.replace(config.schedule, lr=lr_finder["suggestion"]))
         (run.staging / "config.yaml").write_text(dump_config(config))
         (run.staging / CLASS_NAMES_FILE).write_text(json.dumps(dataset.class_names) + "\n")
         started = time.perf_counter()
         keras.utils.set_random_seed(config.seed)
         model = build_compiled_model(config, dataset)
-        history, checkpoint = _train(model, config, dataset, run.staging)
+        history, checkpoint = train_model(model, config, dataset, run.staging)
         train_seconds = time.perf_counter() - started
         best_model = _load_best_model(run.staging / "best.keras", config)
         test_loss, test_accuracy = best_model.evaluate(
@@ -58,6 +63,8 @@ def run_fit(config):
         )
         metrics = _metrics(config, dataset, history, checkpoint, model, train_seconds,
                            time.perf_counter() - started, test_loss, test_accuracy)
+        if lr_finder is not None:
+            metrics["lr_finder"] = lr_finder
         _write_reports(run.staging, history, metrics, title=run_dir.name)
         path = run.commit()
     return path, metrics
@@ -68,19 +75,18 @@ def resolve(config, name):
 
     The result, written to `config.yaml`, repeats the run exactly: the learning rate is
     the optimizer's actual default, the data path is absolute and the run has its name.
+    (`schedule.lr: auto` is resolved by `run_fit` once the LR finder has run.)
     """
     from app.optimizers import default_learning_rate
 
-    optimizer = config.optimizer
-    if optimizer.learning_rate is None:
-        optimizer = dataclasses.replace(
-            optimizer, learning_rate=default_learning_rate(optimizer.name)
-        )
+    schedule = config.schedule
+    if schedule.lr is None:
+        schedule = dataclasses.replace(schedule, lr=default_learning_rate(config.optimizer.name))
     output = dataclasses.replace(config.output, name=name)
     data = config.data
     if data.source not in BUNDLED_DATASETS:
         data = dataclasses.replace(data, source=str(Path(data.source).resolve()))
-    return dataclasses.replace(config, optimizer=optimizer, output=output, data=data)
+    return dataclasses.replace(config, schedule=schedule, output=output, data=data)
 
 
 def build_compiled_model(config, dataset):
@@ -95,9 +101,8 @@ def build_compiled_model(config, dataset):
     if config.data.normalize:
         statistics = {"mean": dataset.feature_mean, "variance": dataset.feature_variance}
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, **statistics)
-    steps_per_epoch = math.ceil(len(dataset.x_train) / config.training.batch_size)
-    learning_rate = build_schedule(config.schedule, config.optimizer.learning_rate,
-                                   steps_per_epoch, config.training.epochs)
+    learning_rate = build_schedule(config.schedule, steps_per_epoch(config, dataset),
+                                   config.training.epochs)
     if config.training.label_smoothing:
         loss = SparseCategoricalCrossentropy(
             from_logits=True, label_smoothing=config.training.label_smoothing
@@ -113,7 +118,20 @@ def build_compiled_model(config, dataset):
     return model
 
 
-def _check_model_fits_data(model_config, dataset):
+def steps_per_epoch(config, dataset):
+    """Schedule steps per epoch: batches, which Keras's optimizer counts as iterations
+    (with its `gradient_accumulation_steps` too)."""
+    return math.ceil(len(dataset.x_train) / config.training.batch_size)
+
+
+def _find_learning_rate(config, dataset, directory):
+    from app.lr_find import find_learning_rate, write_lr_find
+
+    finder = find_learning_rate(config, dataset, rule=config.schedule.lr_rule)
+    return write_lr_find(finder, directory)
+
+
+def check_model_fits_data(model_config, dataset):
     if model_config.num_classes is not None and model_config.num_classes != dataset.num_classes:
         raise UserError(
             f"model.num_classes is {model_config.num_classes} but {dataset.description} has "
@@ -126,15 +144,36 @@ def _check_model_fits_data(model_config, dataset):
         )
 
 
-def _train(model, config, dataset, staging):
+def train_model(model, config, dataset, staging, extra_callbacks=()):
+    """Trains a compiled model with the configured callbacks; keeps `staging/best.keras`.
+
+    Args:
+        model: a model from `build_compiled_model`.
+        config: the resolved configuration.
+        dataset: the `app.data.Dataset`; its test split is not used.
+        staging: the folder that receives `best.keras`.
+        extra_callbacks: more callbacks, run after the configured ones (benchmarks use this).
+
+    Returns:
+        `(history, checkpoint)`: the per-epoch logs as lists of floats, and the
+        `BestModelCheckpoint` that knows the best epoch.
+    """
     import keras
 
-    from callbacks import BestModelCheckpoint, LearningRateMonitor
+    from callbacks import BestModelCheckpoint, LearningRateMonitor, ReduceLROnPlateau
 
     monitor = config.early_stopping.monitor
     checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=monitor,
                                      mode=config.early_stopping.mode)
     callbacks = [LearningRateMonitor(), checkpoint]
+    plateau = config.schedule.plateau
+    if plateau.enabled:
+        callbacks.append(ReduceLROnPlateau(
+            monitor=plateau.monitor, mode=plateau.mode, factor=plateau.factor,
+            patience=plateau.patience, threshold=plateau.threshold,
+            threshold_mode=plateau.threshold_mode, cooldown=plateau.cooldown,
+            min_lr=plateau.min_lr, verbose=int(config.training.verbose > 0),
+        ))
     if config.early_stopping.enabled:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor,
@@ -148,7 +187,7 @@ def _train(model, config, dataset, staging):
         validation_data=(dataset.x_val, dataset.y_val),
         epochs=config.training.epochs,
         batch_size=config.training.batch_size,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *extra_callbacks],
         verbose=config.training.verbose,
     )
     history = {key: [float(value) for value in values] for key, values in result.history.items()}
@@ -161,7 +200,7 @@ def _load_best_model(path, config):
     if not path.exists():
         raise UserError(
             f"{config.early_stopping.monitor} was never finite, so no model was kept; "
-            "training diverged: lower optimizer.learning_rate or set training.clip_norm"
+            "training diverged: lower schedule.lr or set training.clip_norm"
         )
     return keras.saving.load_model(path)
 

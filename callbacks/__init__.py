@@ -1,15 +1,34 @@
 """Training components that drop into any Keras 3 code, on TensorFlow, JAX and PyTorch.
 
-Every public class is a Keras object (callback, loss, ...) registered for `.keras` saving.
+Every public class is a Keras object (callback, loss, learning-rate schedule, ...) registered
+for `.keras` saving.
 """
 
 from callbacks.best_model_checkpoint import BestModelCheckpoint
+from callbacks.composite_schedules import SequentialSchedule, Warmup
+from callbacks.cosine_annealing import CosineAnnealing, CosineAnnealingWarmRestarts
+from callbacks.cyclic_schedules import CyclicLR, OneCycle
 from callbacks.learning_rate_monitor import LearningRateMonitor
 from callbacks.losses import SparseCategoricalCrossentropy, sparse_categorical_crossentropy
+from callbacks.lr_finder import LRFinder, suggest_learning_rate
+from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau, ScaledSchedule
+from callbacks.step_decay import MultiStepDecay, StepDecay
 
 __all__ = [
     "BestModelCheckpoint",
+    "CosineAnnealing",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "LRFinder",
     "LearningRateMonitor",
+    "MultiStepDecay",
+    "OneCycle",
+    "ReduceLROnPlateau",
+    "ScaledSchedule",
+    "SequentialSchedule",
     "SparseCategoricalCrossentropy",
+    "StepDecay",
+    "Warmup",
     "sparse_categorical_crossentropy",
+    "suggest_learning_rate",
 ]

@@ -36,7 +36,7 @@ def run_cli(tmp_path, capsys):
 
     def run(*arguments):
         arguments = list(arguments)
-        if arguments and arguments[0] == "fit":
+        if arguments and arguments[0] in ("fit", "lr-find"):
             arguments += ["--set", f"output.dir={tmp_path / 'runs'}"]
         code = main(arguments)
         captured = capsys.readouterr()

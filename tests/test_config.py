@@ -15,14 +15,24 @@ def test_defaults_cover_every_section():
 def test_file_and_overrides_are_applied_in_order(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  epochs: 7\n  batch_size: 16\nmodel:\n  size: student\n")
-    config = load_config(path, ["training.epochs=3", "optimizer.learning_rate=1e-3",
+    config = load_config(path, ["training.epochs=3", "schedule.lr=1e-3",
                                 "data.image_size=[16, 16]"])
     assert config.training.epochs == 3
     assert config.training.batch_size == 16
     assert config.model.size == "student"
     # PyYAML reads 1e-3 as text; a float key accepts it as a number.
-    assert config.optimizer.learning_rate == pytest.approx(1e-3)
+    assert config.schedule.lr == pytest.approx(1e-3)
     assert config.data.image_size == [16, 16]
+
+
+def test_learning_rate_may_be_auto_and_round_trips(tmp_path):
+    config = load_config(overrides=["schedule.lr=auto", "schedule.name=one_cycle",
+                                    "schedule.pct_start=0.2", "schedule.plateau.enabled=true"])
+    assert config.schedule.lr == "auto"
+    assert config.schedule.plateau.enabled
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
 
 
 def test_dump_round_trips_exactly(tmp_path):
@@ -44,8 +54,21 @@ def test_dump_round_trips_exactly(tmp_path):
         (["training.epochs=true"], "training.epochs must be an integer; got True"),
         (["training.batch_size=many"], "training.batch_size must be an integer"),
         (["optimizer.name=lbfgs"], "optimizer.name must be one of"),
-        (["optimizer.learning_rate=0"], "optimizer.learning_rate must be > 0.0"),
-        (["optimizer.learning_rate=fast"], "optimizer.learning_rate must be a number or null"),
+        (["schedule.lr=0"], "schedule.lr must be > 0.0"),
+        (["schedule.lr=fast"], "schedule.lr must be a number or null or auto; got 'fast'"),
+        (["optimizer.learning_rate=0.1"], "config key 'optimizer.learning_rate' is now 'schedule.lr'"),
+        (["schedule.name=cosine", "schedule.step_size=3"],
+         "schedule.step_size does not apply to schedule 'cosine' (it takes: min_lr, t_max)"),
+        (["schedule.name=step"], "schedule 'step' needs schedule.step_size (in schedule.unit: epochs)"),
+        (["schedule.name=multistep", "schedule.milestones=[]"], "schedule.milestones must list"),
+        (["schedule.name=one_cycle", "schedule.warmup=2"], "schedule.warmup does not apply to 'one_cycle'"),
+        (["schedule.name=cyclic", "schedule.step_size=2", "schedule.lr=0.01", "schedule.min_lr=0.1"],
+         "cyclic: schedule.min_lr must be below schedule.lr"),
+        (["schedule.unit=steps"], "schedule.unit must be one of epochs, updates"),
+        (["schedule.milestones=[3, -1]", "schedule.name=multistep"], "schedule.milestones must be >= 0.0"),
+        (["schedule.plateau.factor=1.5"], "schedule.plateau.factor must be > 0.0 and < 1.0"),
+        (["schedule.name=cosine_restarts", "schedule.t_0=2", "schedule.t_mult=1.5"],
+         "schedule.t_mult must be an integer or null"),
         (["model.dropout=1.0"], "model.dropout must be >= 0.0 and < 1.0"),
         (["training.label_smoothing=-0.1"], "training.label_smoothing must be >= 0.0"),
         (["data.test_fraction=0.6", "data.validation_fraction=0.5"], "must be < 1"),
@@ -53,7 +76,6 @@ def test_dump_round_trips_exactly(tmp_path):
         (["optimizer.name=adam", "optimizer.momentum=0.9"],
          "optimizer.momentum does not apply to optimizer 'adam'"),
         (["training.clip_norm=1", "training.clip_value=1"], "set at most one of"),
-        (["schedule.warmup_epochs=2"], "schedule.warmup_epochs needs schedule.name: cosine"),
         (["training=5"], "training must be a mapping"),
         (["epochs"], "--set 'epochs' must look like section.key=value"),
     ],

@@ -60,7 +60,7 @@ def test_fit_on_digits_writes_a_complete_run(run_cli, runs_dir):
 
     # The resolved configuration repeats the run: every default is filled in.
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["optimizer"]["learning_rate"] == pytest.approx(1e-3)
+    assert resolved["schedule"]["lr"] == pytest.approx(1e-3)
     assert resolved["training"]["epochs"] == 8 and resolved["output"]["name"] == "mlp-teacher"
     config = load_config(run / "config.yaml")
 
@@ -98,8 +98,8 @@ def test_test_split_is_evaluated_exactly_once_and_never_during_training(run_cli,
 
 def test_cnn_student_with_schedule_smoothing_and_clipping(run_cli, runs_dir):
     fit(run_cli, "model.architecture=cnn", "model.size=student", "model.width=null",
-        "optimizer.name=sgd", "optimizer.learning_rate=0.05", "optimizer.momentum=0.9",
-        "optimizer.nesterov=true", "schedule.name=cosine", "schedule.warmup_epochs=1",
+        "optimizer.name=sgd", "schedule.lr=0.05", "optimizer.momentum=0.9",
+        "optimizer.nesterov=true", "schedule.name=cosine", "schedule.warmup=1",
         "training.label_smoothing=0.1", "training.global_clip_norm=1.0",
         "early_stopping.enabled=false", "training.epochs=4", "output.name=cnn",
         "output.timestamp=false")
@@ -150,7 +150,7 @@ def test_an_interrupted_run_leaves_no_run_directory(run_cli, runs_dir, monkeypat
 
 def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir):
     code, _, err = run_cli(*fit_arguments(
-        "optimizer.name=sgd", "optimizer.learning_rate=1e30", "model.normalization=none",
+        "optimizer.name=sgd", "schedule.lr=1e30", "model.normalization=none",
         "training.epochs=2"))
     assert code == 2
     assert err.startswith("error: val_loss was never finite") and err.count("\n") == 1
