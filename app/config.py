@@ -31,7 +31,11 @@ OPTIMIZER_PARAMETERS = {
     "adadelta": {"rho", "epsilon"},
     "adam": {"beta_1", "beta_2", "epsilon", "amsgrad"},
     "adamw": {"beta_1", "beta_2", "epsilon", "amsgrad"},
+    "radam": {"beta_1", "beta_2", "epsilon"},
 }
+# Keys that every optimizer takes.
+COMMON_OPTIMIZER_KEYS = {"name", "weight_decay", "lookahead", "lookahead_sync_period",
+                         "lookahead_step_size"}
 
 
 # Keys that were renamed, with their new name: an old configuration gets a pointed message.
@@ -137,7 +141,9 @@ class ModelConfig:
 class OptimizerConfig:
     """The optimizer. Unset (`null`) parameters take Keras's default for that optimizer.
 
-    The learning rate is `schedule.lr`.
+    The learning rate is `schedule.lr`. `lookahead` wraps the optimizer in
+    `callbacks.Lookahead` (every `lookahead_sync_period` updates, the slow weights move
+    `lookahead_step_size` of the way to the fast ones).
     """
 
     name: str = option("adam", choices=sorted(OPTIMIZER_PARAMETERS))
@@ -151,6 +157,9 @@ class OptimizerConfig:
     amsgrad: Optional[bool] = option(None)
     centered: Optional[bool] = option(None)
     initial_accumulator_value: Optional[float] = option(None, low=0.0)
+    lookahead: bool = option(False)
+    lookahead_sync_period: int = option(5, low=1)
+    lookahead_step_size: float = option(0.5, low=0.0, high=1.0, low_open=True)
 
 
 @dataclasses.dataclass
@@ -221,13 +230,18 @@ class TrainingConfig:
 
 @dataclasses.dataclass
 class EarlyStoppingConfig:
-    """Early stopping. `monitor` also selects the epoch whose weights become `best.keras`."""
+    """Early stopping (`callbacks.EarlyStopping`). `monitor` also selects `best.keras`."""
 
     enabled: bool = option(True)
     monitor: str = option("val_loss", choices=["val_loss", "val_accuracy", "loss", "accuracy"])
     mode: str = option("auto", choices=["auto", "min", "max"])
     patience: int = option(10, low=0)
     min_delta: float = option(0.0, low=0.0)
+    min_delta_mode: str = option("absolute", choices=["absolute", "relative"])
+    start_from_epoch: int = option(0, low=0)
+    check_finite: bool = option(True)
+    stopping_threshold: Optional[float] = option(None)
+    divergence_threshold: Optional[float] = option(None)
 
 
 @dataclasses.dataclass
@@ -466,7 +480,7 @@ def _check_section(section, prefix):
         ):
             raise UserError(f"{prefix}image_size must be [height, width]; got {section.image_size}")
     elif isinstance(section, OptimizerConfig):
-        accepted = OPTIMIZER_PARAMETERS[section.name] | {"name", "learning_rate", "weight_decay"}
+        accepted = OPTIMIZER_PARAMETERS[section.name] | COMMON_OPTIMIZER_KEYS
         for field in dataclasses.fields(section):
             if getattr(section, field.name) is not None and field.name not in accepted:
                 raise UserError(

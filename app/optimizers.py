@@ -4,6 +4,9 @@ import dataclasses
 
 import keras
 
+import callbacks
+from app.config import COMMON_OPTIMIZER_KEYS
+
 OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
     "adagrad": keras.optimizers.Adagrad,
@@ -11,6 +14,7 @@ OPTIMIZERS = {
     "adadelta": keras.optimizers.Adadelta,
     "adam": keras.optimizers.Adam,
     "adamw": keras.optimizers.AdamW,
+    "radam": callbacks.RAdam,
 }
 
 
@@ -37,8 +41,6 @@ def build_schedule(schedule_config, steps_per_epoch, epochs):
     # OneCycle(max_lr=0.01, total_steps=600)
     ```
     """
-    import callbacks
-
     config = schedule_config
     lr = config.lr
     per_unit = steps_per_epoch if config.unit == "epochs" else 1
@@ -102,7 +104,7 @@ def build_optimizer(optimizer_config, training_config, learning_rate):
     parameters = {
         field.name: getattr(optimizer_config, field.name)
         for field in dataclasses.fields(optimizer_config)
-        if field.name != "name"
+        if field.name not in COMMON_OPTIMIZER_KEYS - {"weight_decay"}
         and getattr(optimizer_config, field.name) is not None
     }
     clipping = {
@@ -113,4 +115,8 @@ def build_optimizer(optimizer_config, training_config, learning_rate):
     parameters.update({key: value for key, value in clipping.items() if value is not None})
     if training_config.accumulation_steps > 1:
         parameters["gradient_accumulation_steps"] = training_config.accumulation_steps
-    return OPTIMIZERS[optimizer_config.name](learning_rate=learning_rate, **parameters)
+    optimizer = OPTIMIZERS[optimizer_config.name](learning_rate=learning_rate, **parameters)
+    if optimizer_config.lookahead:
+        return callbacks.Lookahead(optimizer, optimizer_config.lookahead_sync_period,
+                                   optimizer_config.lookahead_step_size)
+    return optimizer

@@ -160,7 +160,7 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
     """
     import keras
 
-    from callbacks import BestModelCheckpoint, LearningRateMonitor, ReduceLROnPlateau
+    from callbacks import BestModelCheckpoint, EarlyStopping, LearningRateMonitor, ReduceLROnPlateau
 
     monitor = config.early_stopping.monitor
     checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=monitor,
@@ -174,13 +174,19 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
             threshold_mode=plateau.threshold_mode, cooldown=plateau.cooldown,
             min_lr=plateau.min_lr, verbose=int(config.training.verbose > 0),
         ))
+    stopper = None
     if config.early_stopping.enabled:
-        callbacks.append(keras.callbacks.EarlyStopping(
+        settings = config.early_stopping
+        stopper = EarlyStopping(
             monitor=monitor,
             mode=checkpoint.mode,  # resolved by name, so both always agree on the direction
-            patience=config.early_stopping.patience,
-            min_delta=config.early_stopping.min_delta,
-        ))
+            patience=settings.patience, min_delta=settings.min_delta,
+            min_delta_mode=settings.min_delta_mode, check_finite=settings.check_finite,
+            stopping_threshold=settings.stopping_threshold,
+            divergence_threshold=settings.divergence_threshold,
+            start_from_epoch=settings.start_from_epoch,
+        )
+        callbacks.append(stopper)
     result = model.fit(
         dataset.x_train,
         dataset.y_train,
@@ -190,6 +196,9 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
         callbacks=[*callbacks, *extra_callbacks],
         verbose=config.training.verbose,
     )
+    if stopper is not None and stopper.interrupted:
+        # The first Ctrl-C stopped training gracefully; a run stays complete or absent.
+        raise KeyboardInterrupt
     history = {key: [float(value) for value in values] for key, values in result.history.items()}
     return history, checkpoint
 

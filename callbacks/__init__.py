@@ -8,27 +8,36 @@ from callbacks.best_model_checkpoint import BestModelCheckpoint
 from callbacks.composite_schedules import SequentialSchedule, Warmup
 from callbacks.cosine_annealing import CosineAnnealing, CosineAnnealingWarmRestarts
 from callbacks.cyclic_schedules import CyclicLR, OneCycle
+from callbacks.early_stopping import EarlyStopping
 from callbacks.learning_rate_monitor import LearningRateMonitor
-from callbacks.losses import SparseCategoricalCrossentropy, sparse_categorical_crossentropy
+from callbacks.losses import (CategoricalCrossentropy, SparseCategoricalCrossentropy,
+                              categorical_crossentropy, sparse_categorical_crossentropy)
+from callbacks.lookahead import Lookahead
 from callbacks.lr_finder import LRFinder, suggest_learning_rate
+from callbacks.radam import RAdam
 from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau, ScaledSchedule
 from callbacks.step_decay import MultiStepDecay, StepDecay
 
 __all__ = [
     "BestModelCheckpoint",
+    "CategoricalCrossentropy",
     "CosineAnnealing",
     "CosineAnnealingWarmRestarts",
     "CyclicLR",
+    "EarlyStopping",
     "LRFinder",
     "LearningRateMonitor",
+    "Lookahead",
     "MultiStepDecay",
     "OneCycle",
+    "RAdam",
     "ReduceLROnPlateau",
     "ScaledSchedule",
     "SequentialSchedule",
     "SparseCategoricalCrossentropy",
     "StepDecay",
     "Warmup",
+    "categorical_crossentropy",
     "sparse_categorical_crossentropy",
     "suggest_learning_rate",
 ]

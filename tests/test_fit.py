@@ -1,6 +1,8 @@
 """`python -m app fit` and `evaluate` end to end on the backend under test."""
 
 import json
+import os
+import signal
 
 import keras
 import numpy as np
@@ -136,15 +138,28 @@ def test_a_failure_while_writing_leaves_no_run_directory(run_cli, runs_dir, monk
 
 
 def test_an_interrupted_run_leaves_no_run_directory(run_cli, runs_dir, monkeypatch):
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    train_model = app.training.train_model
+    monkeypatch.setattr(app.training, "train_model", lambda *args, **kwargs: train_model(
+        *args, extra_callbacks=[CtrlC()]))
+    code, _, err = run_cli(*fit_arguments())
+    assert code == 130 and "no run directory was written" in err
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_an_exception_in_training_leaves_no_run_directory(run_cli, runs_dir, monkeypatch):
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt
 
-    original = keras.callbacks.EarlyStopping
-    monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kwargs: Interrupt())
+    train_model = app.training.train_model
+    monkeypatch.setattr(app.training, "train_model", lambda *args, **kwargs: train_model(
+        *args, extra_callbacks=[Interrupt()]))
     code, _, err = run_cli(*fit_arguments())
-    monkeypatch.setattr(keras.callbacks, "EarlyStopping", original)
-    assert code == 130 and "no run directory was written" in err
+    assert code == 130
     assert list(runs_dir.iterdir()) == []
 
 
@@ -175,3 +190,21 @@ def test_best_keras_predicts_the_same_on_the_other_backends(run_cli, runs_dir, t
                                  str(output)], backend=other)
         assert result.returncode == 0, result.stderr[-2000:]
         np.testing.assert_allclose(np.load(output), expected, rtol=1e-4, atol=1e-4, err_msg=other)
+
+
+def test_early_stopping_keys_reach_the_callback(run_cli, runs_dir):
+    # Any finite val_loss is below 1e9: the stopping threshold ends training after epoch 1.
+    fit(run_cli, "training.epochs=5", "early_stopping.stopping_threshold=1e9",
+        "early_stopping.min_delta_mode=relative", "early_stopping.min_delta=0.01")
+    metrics = json.loads((only_run(runs_dir) / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["best"]["epoch"] == 1
+
+
+def test_radam_with_lookahead_trains_and_best_keras_loads(run_cli, runs_dir):
+    fit(run_cli, "training.epochs=4", "optimizer.name=radam", "optimizer.lookahead=true",
+        "schedule.lr=1e-2")
+    run = only_run(runs_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.5
+    code, _, err = run_cli("evaluate", str(run))
+    assert code == 0, err

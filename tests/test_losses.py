@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks import SparseCategoricalCrossentropy, sparse_categorical_crossentropy
+from callbacks import (CategoricalCrossentropy, SparseCategoricalCrossentropy,
+                       categorical_crossentropy, sparse_categorical_crossentropy)
 
 
 def torch_cross_entropy(logits, labels, smoothing):
@@ -71,3 +72,44 @@ def test_model_compiled_with_it_saves_and_loads(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.loss.label_smoothing == 0.2
+
+
+def torch_soft_cross_entropy(logits, targets, smoothing):
+    """torch's cross_entropy with class-probability targets, classes on axis 1."""
+    return torch.nn.functional.cross_entropy(
+        torch.tensor(logits, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64),
+        label_smoothing=smoothing, reduction="none",
+    ).numpy()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])
+def test_one_hot_loss_on_a_middle_class_axis_matches_torch_where_keras_does_not(smoothing):
+    # Segmentation-like: (batch, classes, length) with 5 classes and a last axis of 3.
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(6, 5, 3)).astype(np.float32) * 2
+    targets = np.moveaxis(np.eye(5, dtype=np.float32)[rng.integers(0, 5, size=(6, 3))], -1, 1)
+    reference = torch_soft_cross_entropy(logits, targets, smoothing)
+    ours = keras.ops.convert_to_numpy(categorical_crossentropy(
+        targets, logits, from_logits=True, label_smoothing=smoothing, axis=1))
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=1))
+    from_probabilities = keras.ops.convert_to_numpy(categorical_crossentropy(
+        targets, probabilities, label_smoothing=smoothing, axis=1))
+    np.testing.assert_allclose(from_probabilities, reference, rtol=1e-5, atol=1e-5)
+    keras_values = keras.ops.convert_to_numpy(keras.losses.categorical_crossentropy(
+        targets, logits, from_logits=True, label_smoothing=smoothing, axis=1))
+    if smoothing:  # Keras 3.15 divides ε by the last axis (3), not the 5 classes
+        assert not np.allclose(keras_values, reference, rtol=1e-4)
+    else:
+        np.testing.assert_allclose(keras_values, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_one_hot_loss_object_serializes_and_reduces():
+    loss = CategoricalCrossentropy(from_logits=True, label_smoothing=0.2, axis=1)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert restored.get_config() == loss.get_config()
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(4, 3)).astype(np.float32)
+    targets = np.eye(3, dtype=np.float32)[[0, 2, 1, 1]]
+    expected = torch_soft_cross_entropy(logits, targets, 0.2).mean()
+    assert float(keras.ops.convert_to_numpy(loss(targets, logits))) == pytest.approx(expected, rel=1e-6)

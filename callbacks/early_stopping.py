@@ -1,0 +1,254 @@
+"""Early stopping that restores the best weights, and never calls a NaN epoch the best."""
+
+import math
+import signal
+import threading
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+MIN_DELTA_MODES = ("absolute", "relative")
+
+
+@keras.saving.register_keras_serializable(package="efficient_learning")
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Stops training when `monitor` stops improving and restores the best epoch's weights.
+
+    A drop-in for `keras.callbacks.EarlyStopping` (same arguments, same decisions, and Keras's
+    own test cases pass against it) with `restore_best_weights=True` by default, and:
+
+    - A NaN or infinite value never becomes the best (Keras lets a NaN first epoch win and then
+      restores its weights). With `check_finite`, such a value stops training at once.
+    - `stopping_threshold` stops once the metric is at least that good, and
+      `divergence_threshold` stops once it is worse than that (as PyTorch Lightning's).
+    - `min_delta_mode="relative"` makes `min_delta` a fraction of the best value.
+    - With an optimizer that keeps an exponential moving average (`use_ema=True`), the
+      weights restored are the averaged ones of the best epoch, which is what the model would
+      have been had training ended there (Keras restores the raw weights over the average).
+    - The best weights are restored whenever training ends: by patience, by a threshold, by
+      another callback (e.g. `NaNGuard`) or by Ctrl-C. While training runs in the main
+      thread, the first Ctrl-C stops at the end of the current batch (`interrupted` becomes
+      `True` and `fit` returns normally); a second one interrupts at once.
+    - The snapshot is a copy of each variable on its own device, not a copy to host memory
+      as Keras makes (see `bench/early_stopping.py`).
+
+    `best_epoch` is 0-based as in Keras; `stop_reason` says why training stopped.
+
+    Args:
+        monitor: the logged quantity to watch.
+        min_delta: the least change that counts as an improvement.
+        patience: epochs without improvement before stopping.
+        verbose: 1 prints why training stopped and which epoch was restored.
+        mode: `"min"`, `"max"` or `"auto"` (from the metric's direction).
+        baseline: a value the metric must beat for patience to restart.
+        restore_best_weights: whether to restore the best epoch's weights at the end.
+        start_from_epoch: epochs to ignore before watching.
+        check_finite: stop as soon as the metric is NaN or infinite.
+        stopping_threshold: stop once the metric is this good or better.
+        divergence_threshold: stop once the metric is worse than this.
+        min_delta_mode: `"absolute"` or `"relative"` (to the best value).
+
+    Example:
+
+    ```python
+    stopper = EarlyStopping(monitor="val_loss", patience=5, min_delta=1e-3,
+                            min_delta_mode="relative", divergence_threshold=10.0)
+    model.fit(x, y, validation_split=0.2, epochs=100, callbacks=[stopper])
+    stopper.best_epoch, stopper.stop_reason
+    ```
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=True, start_from_epoch=0,
+                 check_finite=True, stopping_threshold=None, divergence_threshold=None,
+                 min_delta_mode="absolute"):
+        super().__init__(monitor=monitor, min_delta=min_delta, patience=patience,
+                         verbose=verbose, mode=mode, baseline=baseline,
+                         restore_best_weights=restore_best_weights,
+                         start_from_epoch=start_from_epoch)
+        if min_delta_mode not in MIN_DELTA_MODES:
+            raise ValueError(f"min_delta_mode must be 'absolute' or 'relative'; "
+                             f"got {min_delta_mode!r}")
+        self.check_finite = check_finite
+        self.stopping_threshold = stopping_threshold
+        self.divergence_threshold = divergence_threshold
+        self.min_delta_mode = min_delta_mode
+        self.stop_reason = None
+        self.interrupted = False
+        self._previous_sigint_handler = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.stop_reason = None
+        self.interrupted = False
+        self._catch_interrupts()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        current = self.get_monitor_value(logs)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        current = _scalar(current, self.monitor)
+        finite = math.isfinite(current)
+        self.wait += 1
+        improved = finite and self._is_improvement(current, self.best)
+        if improved:
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = self._snapshot()
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+        if self.check_finite and not finite:
+            self._stop(epoch, f"{self.monitor} = {current} is not finite")
+        elif self.stopping_threshold is not None and self._at_least(current, self.stopping_threshold):
+            self._stop(epoch, f"{self.monitor} = {current:.6g} reached the stopping threshold "
+                              f"{self.stopping_threshold}")
+        elif self.divergence_threshold is not None and not self._at_least(
+                current, self.divergence_threshold):
+            self._stop(epoch, f"{self.monitor} = {current:.6g} is worse than the divergence "
+                              f"threshold {self.divergence_threshold}")
+        elif not improved and self.wait >= self.patience and epoch > 0:
+            self._stop(epoch, f"{self.monitor} did not improve for {self.wait} epochs")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.interrupted:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self._release_interrupts()
+        if self.interrupted and self.stop_reason is None:
+            self.stop_reason = "interrupted (Ctrl-C)"
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(
+                f"Epoch {self.stopped_epoch + 1}: early stopping: {self.stop_reason}")
+        if not self.restore_best_weights:
+            return
+        if self.best_weights is None:
+            if self.best is None and self.stopped_epoch > 0:
+                warnings.warn(f"EarlyStopping: {self.monitor} was never finite; the model keeps "
+                              "its last weights", stacklevel=2)
+            return
+        if self.verbose > 0:
+            print(
+                f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+        self._restore(self.best_weights)
+
+    def _stop(self, epoch, reason):
+        self.stopped_epoch = epoch
+        self.stop_reason = reason
+        self.model.stop_training = True
+
+    def _is_improvement(self, monitor_value, reference_value):
+        if reference_value is None:
+            return True
+        # Keras stores min_delta with the sign of the direction (negative for "min").
+        delta = self.min_delta * (abs(reference_value) if self.min_delta_mode == "relative" else 1)
+        return bool(self.monitor_op(monitor_value - delta, reference_value))
+
+    def _at_least(self, value, threshold):
+        """Whether `value` is as good as `threshold` or better."""
+        return value == threshold or bool(self.monitor_op(value, threshold))
+
+    def _snapshot(self):
+        model = self.model
+        if not isinstance(model, keras.Model):  # anything with get/set_weights, as in Keras
+            return model.get_weights()
+        averages = _moving_averages(model)
+        return [_copy(averages.get(id(variable), variable).value) for variable in model.weights]
+
+    def _restore(self, snapshot):
+        if not isinstance(self.model, keras.Model):
+            self.model.set_weights(snapshot)
+            return
+        for variable, value in zip(self.model.weights, snapshot):
+            variable.assign(value)
+
+    def _catch_interrupts(self):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        while isinstance(handler, _StopOnFirstInterrupt):
+            # Left behind by a fit that ended in an exception (no on_train_end): replace it.
+            handler = handler.previous
+        if handler is not signal.default_int_handler:
+            return  # leave other handlers alone
+        self._previous_sigint_handler = handler
+        signal.signal(signal.SIGINT, _StopOnFirstInterrupt(self, handler))
+
+    def _release_interrupts(self):
+        if self._previous_sigint_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint_handler)
+            self._previous_sigint_handler = None
+
+    def __deepcopy__(self, memo):
+        # KerasTuner copies callbacks for every trial: copy the settings, not the state.
+        return type(self).from_config(self.get_config())
+
+    def get_config(self):
+        return {
+            "monitor": self.monitor, "min_delta": abs(self.min_delta), "patience": self.patience,
+            "verbose": self.verbose, "mode": self.mode, "baseline": self.baseline,
+            "restore_best_weights": self.restore_best_weights,
+            "start_from_epoch": self.start_from_epoch, "check_finite": self.check_finite,
+            "stopping_threshold": self.stopping_threshold,
+            "divergence_threshold": self.divergence_threshold,
+            "min_delta_mode": self.min_delta_mode,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class _StopOnFirstInterrupt:
+    """A SIGINT handler: the first Ctrl-C stops training gracefully, the next one raises."""
+
+    def __init__(self, callback, previous):
+        self.callback = callback
+        self.previous = previous
+
+    def __call__(self, signum, frame):
+        signal.signal(signal.SIGINT, self.previous)
+        self.callback._previous_sigint_handler = None
+        self.callback.interrupted = True
+        if self.callback.model is not None:
+            self.callback.model.stop_training = True
+        print(
+            "\nInterrupted: stopping after this batch and restoring the best weights "
+            "(Ctrl-C again to stop at once).")
+
+
+def _copy(value):
+    """A copy of a variable's value that later updates cannot change, kept on its device.
+
+    TensorFlow's copy is copy-on-write, so it costs nothing until the variable changes. On a
+    CPU, JAX's own copy is about 2x slower than NumPy's (`bench/early_stopping.py`).
+    """
+    if keras.backend.backend() == "jax" and all(
+            device.platform == "cpu" for device in value.devices()):
+        return np.array(value)
+    return ops.copy(value)
+
+
+def _scalar(value, name):
+    """A logged value as a float; metrics like `F1Score` log one-element arrays."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.size != 1:
+        raise ValueError(f"EarlyStopping needs a single number to monitor; {name} has shape "
+                         f"{array.shape}: pick one class or use an averaged metric")
+    return float(array.reshape(()))
+
+
+def _moving_averages(model):
+    """`{id(trainable variable): its moving-average variable}` when the optimizer keeps one."""
+    optimizer = getattr(model, "optimizer", None)
+    if not getattr(optimizer, "use_ema", False) or not getattr(optimizer, "built", False):
+        return {}
+    # Keras keeps the averages in this private list, in the order of the trainable variables
+    # (`finalize_variable_values` zips them the same way).
+    averages = getattr(optimizer, "_model_variables_moving_average", [])
+    return {id(variable): average for variable, average in zip(model.trainable_weights, averages)}
