@@ -1,4 +1,4 @@
-"""The command line: `python -m app {fit,lr-find,evaluate,info} [--backend NAME] ...`.
+"""The command line: `python -m app {fit,lr-find,doctor,evaluate,info} [--backend NAME] ...`.
 
 User errors are printed as one line on stderr with exit code 2 and no traceback.
 """
@@ -60,6 +60,13 @@ def build_parser():
     lr_find.add_argument("--rule", choices=LR_FINDER_RULES, default=DEFAULT_SWEEP["rule"],
                          help="how the suggestion is read off the curve (default: %(default)s)")
 
+    commands.add_parser(
+        "doctor", parents=[common, configured], help="check the configured model before training",
+        description="Initial loss against ln(classes), finite outputs, a gradient for every "
+                    "variable, and overfitting one batch: a line with ✓ or ✗ each. Exits 1 if "
+                    "a check fails.",
+    )
+
     evaluate = commands.add_parser(
         "evaluate", parents=[common], help="evaluate a run's best.keras again",
         description="Evaluate RUN_DIR/best.keras on a split of the run's data or on other data.",
@@ -78,7 +85,7 @@ def main(argv=None):
     try:
         arguments = build_parser().parse_args(argv)
         # Validate the configuration before the backend starts: bad input fails fast.
-        configured = arguments.command in ("fit", "lr-find")
+        configured = arguments.command in ("fit", "lr-find", "doctor")
         config = _load_config(arguments) if configured else None
         if arguments.command == "lr-find" and not arguments.min_lr < arguments.max_lr:
             raise UserError(f"--min-lr must be below --max-lr; got {arguments.min_lr:g} and "
@@ -88,6 +95,8 @@ def main(argv=None):
             return _fit(config)
         if arguments.command == "lr-find":
             return _lr_find(config, arguments)
+        if arguments.command == "doctor":
+            return _doctor(config)
         if arguments.command == "evaluate":
             return _evaluate(arguments)
         return _info()
@@ -150,6 +159,14 @@ def _lr_find(config, arguments):
           f"(or schedule.lr=auto)")
     print(f"curve:   {run_dir / 'lr_find.png'}")
     return 0
+
+
+def _doctor(config):
+    from app.doctor import format_checks, run_doctor
+
+    checks = run_doctor(config)
+    print(format_checks(checks))
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def _evaluate(arguments):

@@ -226,6 +226,7 @@ class TrainingConfig:
     clip_norm: Optional[float] = option(None, low=0.0, low_open=True)
     global_clip_norm: Optional[float] = option(None, low=0.0, low_open=True)
     verbose: int = option(1, choices=[0, 1, 2])
+    noise_scale: bool = option(False)
 
 
 @dataclasses.dataclass

@@ -21,6 +21,8 @@ from app.errors import UserError
 from app.rundir import StagedRunDirectory, plan_run_directory
 
 CLASS_NAMES_FILE = "classes.json"
+# Training samples that `training.noise_scale` estimates the gradient noise scale on.
+NOISE_SCALE_SAMPLES = 1024
 
 
 def run_fit(config):
@@ -160,7 +162,8 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
     """
     import keras
 
-    from callbacks import BestModelCheckpoint, EarlyStopping, LearningRateMonitor, ReduceLROnPlateau
+    from callbacks import (BestModelCheckpoint, EarlyStopping, GradientNoiseScale,
+                           LearningRateMonitor, ReduceLROnPlateau)
 
     monitor = config.early_stopping.monitor
     checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=monitor,
@@ -174,6 +177,11 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
             threshold_mode=plateau.threshold_mode, cooldown=plateau.cooldown,
             min_lr=plateau.min_lr, verbose=int(config.training.verbose > 0),
         ))
+    if config.training.noise_scale:
+        samples = slice(0, NOISE_SCALE_SAMPLES)
+        callbacks.append(GradientNoiseScale(
+            (dataset.x_train[samples], dataset.y_train[samples]),
+            small_batch_size=min(32, config.training.batch_size)))
     stopper = None
     if config.early_stopping.enabled:
         settings = config.early_stopping

@@ -9,6 +9,7 @@ from callbacks.composite_schedules import SequentialSchedule, Warmup
 from callbacks.cosine_annealing import CosineAnnealing, CosineAnnealingWarmRestarts
 from callbacks.cyclic_schedules import CyclicLR, OneCycle
 from callbacks.early_stopping import EarlyStopping
+from callbacks.gradient_noise_scale import GradientNoiseScale
 from callbacks.learning_rate_monitor import LearningRateMonitor
 from callbacks.losses import (CategoricalCrossentropy, SparseCategoricalCrossentropy,
                               categorical_crossentropy, sparse_categorical_crossentropy)
@@ -25,6 +26,7 @@ __all__ = [
     "CosineAnnealingWarmRestarts",
     "CyclicLR",
     "EarlyStopping",
+    "GradientNoiseScale",
     "LRFinder",
     "LearningRateMonitor",
     "Lookahead",

@@ -208,3 +208,9 @@ def test_radam_with_lookahead_trains_and_best_keras_loads(run_cli, runs_dir):
     assert metrics["test"]["accuracy"] > 0.5
     code, _, err = run_cli("evaluate", str(run))
     assert code == 0, err
+
+
+def test_noise_scale_lands_in_the_history(run_cli, runs_dir):
+    fit(run_cli, "training.epochs=2", "training.noise_scale=true")
+    scales = read_history_csv(only_run(runs_dir) / "history.csv")["noise_scale"]
+    assert len(scales) == 2 and all(scale > 0 for scale in scales)
