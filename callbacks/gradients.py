@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 
+
 def loss_and_gradients(model, x, y, loss=None, training=True):
     """The mean loss of `model` on `(x, y)` and its gradients, as NumPy.
 
@@ -34,6 +35,8 @@ def loss_and_gradients(model, x, y, loss=None, training=True):
 
     def loss(y_true, y_pred):  # a loss function (per sample) or a reducing Loss object
         return keras.ops.mean(per_batch(y_true, y_pred))
+
+    loss.__wrapped__ = per_batch
 
     x = keras.ops.convert_to_tensor(x)
     y = keras.ops.convert_to_tensor(y)
@@ -67,13 +70,20 @@ def _tensorflow(model, x, y, loss, training):
 def _jax(model, x, y, loss, training):
     import jax
 
-    def compute(trainable, non_trainable):
+    def compute(trainable, non_trainable, x, y):
         y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=training)
         return loss(y, y_pred)
 
+    # Compiled once per model, loss and mode (and batch shape), since estimators call this
+    # every epoch. The cache lives on the model (set past Keras's attribute tracking), so it
+    # goes away with it.
+    cache = model.__dict__.setdefault("_efficient_learning_gradient_functions", {})
+    key = (loss.__wrapped__, training)
+    if key not in cache:
+        cache[key] = jax.jit(jax.value_and_grad(compute))
     trainable = [variable.value for variable in model.trainable_variables]
     non_trainable = [variable.value for variable in model.non_trainable_variables]
-    return jax.value_and_grad(compute)(trainable, non_trainable)
+    return cache[key](trainable, non_trainable, x, y)
 
 
 def _torch(model, x, y, loss, training):
