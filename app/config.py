@@ -222,11 +222,14 @@ class TrainingConfig:
     batch_size: int = option(64, low=1)
     label_smoothing: float = option(0.0, low=0.0, high=1.0, high_open=True)
     accumulation_steps: int = option(1, low=1)
+    accumulation_schedule: Optional[list[list[int]]] = option(None)
+    accumulation_adaptive: bool = option(False)
     clip_value: Optional[float] = option(None, low=0.0, low_open=True)
     clip_norm: Optional[float] = option(None, low=0.0, low_open=True)
     global_clip_norm: Optional[float] = option(None, low=0.0, low_open=True)
     verbose: int = option(1, choices=[0, 1, 2])
     noise_scale: bool = option(False)
+    nan_guard: bool = option(True)
 
 
 @dataclasses.dataclass
@@ -489,6 +492,13 @@ def _check_section(section, prefix):
                     f"(it takes: {', '.join(sorted(OPTIMIZER_PARAMETERS[section.name]))})"
                 )
     elif isinstance(section, TrainingConfig):
+        schedule = section.accumulation_schedule or []
+        if any(len(pair) != 2 or pair[0] < 1 or pair[1] < 1 for pair in schedule):
+            raise UserError(f"{prefix}accumulation_schedule must list [epoch, steps] pairs with "
+                            f"epoch >= 1 and steps >= 1, e.g. [[1, 1], [10, 4]]; got {schedule}")
+        if section.accumulation_adaptive and not section.noise_scale:
+            raise UserError(f"{prefix}accumulation_adaptive follows the gradient noise scale; "
+                            f"set {prefix}noise_scale: true too")
         clipping = [
             name for name in ("clip_value", "clip_norm", "global_clip_norm")
             if getattr(section, name) is not None

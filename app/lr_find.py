@@ -43,7 +43,8 @@ def find_learning_rate(config, dataset, min_lr=DEFAULT_SWEEP["min_lr"],
     batch_size = config.training.batch_size * config.training.accumulation_steps
     sweep_config = dataclasses.replace(
         config, schedule=ScheduleConfig(lr=min_lr),
-        training=dataclasses.replace(config.training, accumulation_steps=1),
+        training=dataclasses.replace(config.training, accumulation_steps=1,
+                                     accumulation_schedule=None),
     )
     keras.utils.set_random_seed(config.seed)
     model = build_compiled_model(sweep_config, dataset)

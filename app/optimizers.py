@@ -113,10 +113,17 @@ def build_optimizer(optimizer_config, training_config, learning_rate):
         "global_clipnorm": training_config.global_clip_norm,
     }
     parameters.update({key: value for key, value in clipping.items() if value is not None})
-    if training_config.accumulation_steps > 1:
-        parameters["gradient_accumulation_steps"] = training_config.accumulation_steps
     optimizer = OPTIMIZERS[optimizer_config.name](learning_rate=learning_rate, **parameters)
     if optimizer_config.lookahead:
-        return callbacks.Lookahead(optimizer, optimizer_config.lookahead_sync_period,
-                                   optimizer_config.lookahead_step_size)
+        optimizer = callbacks.Lookahead(optimizer, optimizer_config.lookahead_sync_period,
+                                        optimizer_config.lookahead_step_size)
+    if accumulates(training_config):
+        # Outermost: one update of everything inside per window of batches.
+        optimizer = callbacks.GradientAccumulation(optimizer, training_config.accumulation_steps)
     return optimizer
+
+
+def accumulates(training_config):
+    """Whether the configuration accumulates gradients over several batches."""
+    return (training_config.accumulation_steps > 1 or bool(training_config.accumulation_schedule)
+            or training_config.accumulation_adaptive)

@@ -57,7 +57,7 @@ def run_fit(config):
         started = time.perf_counter()
         keras.utils.set_random_seed(config.seed)
         model = build_compiled_model(config, dataset)
-        history, checkpoint = train_model(model, config, dataset, run.staging)
+        history, checkpoint, nan_report = train_model(model, config, dataset, run.staging)
         train_seconds = time.perf_counter() - started
         best_model = _load_best_model(run.staging / "best.keras", config)
         test_loss, test_accuracy = best_model.evaluate(
@@ -67,6 +67,8 @@ def run_fit(config):
                            time.perf_counter() - started, test_loss, test_accuracy)
         if lr_finder is not None:
             metrics["lr_finder"] = lr_finder
+        if nan_report is not None:
+            metrics["stopped_by_nan_guard"] = nan_report
         _write_reports(run.staging, history, metrics, title=run_dir.name)
         path = run.commit()
     return path, metrics
@@ -121,9 +123,18 @@ def build_compiled_model(config, dataset):
 
 
 def steps_per_epoch(config, dataset):
-    """Schedule steps per epoch: batches, which Keras's optimizer counts as iterations
-    (with its `gradient_accumulation_steps` too)."""
-    return math.ceil(len(dataset.x_train) / config.training.batch_size)
+    """Optimizer updates per epoch: batches over the accumulation steps, a partial window
+    counting as one (with `accumulation_schedule`, those of the first epoch)."""
+    batches = math.ceil(len(dataset.x_train) / config.training.batch_size)
+    return math.ceil(batches / _accumulation_steps_at(config.training, epoch=1))
+
+
+def _accumulation_steps_at(training, epoch):
+    steps = training.accumulation_steps
+    for start, scheduled in sorted(training.accumulation_schedule or []):
+        if start <= epoch:
+            steps = scheduled
+    return steps
 
 
 def _find_learning_rate(config, dataset, directory):
@@ -157,13 +168,19 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
         extra_callbacks: more callbacks, run after the configured ones (benchmarks use this).
 
     Returns:
-        `(history, checkpoint)`: the per-epoch logs as lists of floats, and the
-        `BestModelCheckpoint` that knows the best epoch.
+        `(history, checkpoint, nan_report)`: the per-epoch logs as lists of floats, the
+        `BestModelCheckpoint` that knows the best epoch, and what the NaN guard found if it
+        stopped training after a good epoch (else `None`).
+
+    Raises:
+        UserError: if the loss became non-finite before any epoch finished.
     """
     import keras
 
-    from callbacks import (BestModelCheckpoint, EarlyStopping, GradientNoiseScale,
-                           LearningRateMonitor, ReduceLROnPlateau)
+    from app.optimizers import accumulates
+    from callbacks import (AccumulationScheduler, BestModelCheckpoint, EarlyStopping,
+                           GradientNoiseScale, LearningRateMonitor, NaNGuard,
+                           ReduceLROnPlateau)
 
     monitor = config.early_stopping.monitor
     checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=monitor,
@@ -182,6 +199,15 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
         callbacks.append(GradientNoiseScale(
             (dataset.x_train[samples], dataset.y_train[samples]),
             small_batch_size=min(32, config.training.batch_size)))
+    if accumulates(config.training):  # after the noise scale, which it may follow
+        training = config.training
+        scheduling = {start - 1: steps for start, steps in training.accumulation_schedule or []}
+        callbacks.append(AccumulationScheduler(scheduling, samples_per_epoch=len(dataset.x_train),
+                                               adaptive=training.accumulation_adaptive))
+    guard = None
+    if config.training.nan_guard:
+        guard = NaNGuard(monitor=monitor, mode=checkpoint.mode, verbose=0)
+        callbacks.append(guard)
     stopper = None
     if config.early_stopping.enabled:
         settings = config.early_stopping
@@ -207,8 +233,18 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
     if stopper is not None and stopper.interrupted:
         # The first Ctrl-C stopped training gracefully; a run stays complete or absent.
         raise KeyboardInterrupt
+    if guard is not None and guard.triggered:
+        report = guard.report
+        where = (f"in epoch {len(result.history['loss'])}, batch {report['batch'] + 1} "
+                 f"(first non-finite gradient: layer {report['non_finite_gradient_layer']})")
+        if report["restored"] == "initial weights":
+            raise UserError(f"training diverged {where} before any epoch finished; lower "
+                            "schedule.lr or set training.clip_norm")
+        nan_report = {**report, "epoch": len(result.history["loss"])}
+    else:
+        nan_report = None
     history = {key: [float(value) for value in values] for key, values in result.history.items()}
-    return history, checkpoint
+    return history, checkpoint, nan_report
 
 
 def _load_best_model(path, config):

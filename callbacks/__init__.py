@@ -9,28 +9,33 @@ from callbacks.composite_schedules import SequentialSchedule, Warmup
 from callbacks.cosine_annealing import CosineAnnealing, CosineAnnealingWarmRestarts
 from callbacks.cyclic_schedules import CyclicLR, OneCycle
 from callbacks.early_stopping import EarlyStopping
+from callbacks.gradient_accumulation import AccumulationScheduler, GradientAccumulation
 from callbacks.gradient_noise_scale import GradientNoiseScale
 from callbacks.learning_rate_monitor import LearningRateMonitor
 from callbacks.losses import (CategoricalCrossentropy, SparseCategoricalCrossentropy,
                               categorical_crossentropy, sparse_categorical_crossentropy)
 from callbacks.lookahead import Lookahead
 from callbacks.lr_finder import LRFinder, suggest_learning_rate
+from callbacks.nan_guard import NaNGuard
 from callbacks.radam import RAdam
 from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau, ScaledSchedule
 from callbacks.step_decay import MultiStepDecay, StepDecay
 
 __all__ = [
+    "AccumulationScheduler",
     "BestModelCheckpoint",
     "CategoricalCrossentropy",
     "CosineAnnealing",
     "CosineAnnealingWarmRestarts",
     "CyclicLR",
     "EarlyStopping",
+    "GradientAccumulation",
     "GradientNoiseScale",
     "LRFinder",
     "LearningRateMonitor",
     "Lookahead",
     "MultiStepDecay",
+    "NaNGuard",
     "OneCycle",
     "RAdam",
     "ReduceLROnPlateau",

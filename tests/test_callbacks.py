@@ -88,3 +88,22 @@ def test_callbacks_serialize_and_deep_copy(callback):
     assert copy.deepcopy(callback).get_config() == callback.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(callback))
     assert type(restored) is type(callback)
+
+
+def test_every_callback_survives_deepcopy_as_keras_tuner_copies_them():
+    import callbacks
+
+    data = (np.zeros((64, 2), "float32"), np.zeros((64, 1), "float32"))
+    instances = [
+        callbacks.EarlyStopping(patience=3), callbacks.ReduceLROnPlateau(patience=2),
+        callbacks.LRFinder(num_steps=10), callbacks.NaNGuard(), callbacks.LearningRateMonitor(),
+        callbacks.AccumulationScheduler({0: 2}), callbacks.GradientNoiseScale(data, 16),
+        callbacks.BestModelCheckpoint("best.keras"),
+    ]
+    exported = {name for name in callbacks.__all__
+                if isinstance(getattr(callbacks, name), type)
+                and issubclass(getattr(callbacks, name), keras.callbacks.Callback)}
+    assert exported == {type(instance).__name__ for instance in instances}
+    for instance in instances:
+        clone = copy.deepcopy(instance)
+        assert type(clone) is type(instance) and clone.get_config() == instance.get_config()

@@ -163,12 +163,16 @@ def test_an_exception_in_training_leaves_no_run_directory(run_cli, runs_dir, mon
     assert list(runs_dir.iterdir()) == []
 
 
-def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir):
+@pytest.mark.parametrize("guard, message", [
+    ("true", "error: training diverged in epoch 1, batch "),
+    ("false", "error: val_loss was never finite"),
+])
+def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir, guard, message):
     code, _, err = run_cli(*fit_arguments(
         "optimizer.name=sgd", "schedule.lr=1e30", "model.normalization=none",
-        "training.epochs=2"))
+        "training.epochs=2", f"training.nan_guard={guard}"))
     assert code == 2
-    assert err.startswith("error: val_loss was never finite") and err.count("\n") == 1
+    assert err.startswith(message) and err.count("\n") == 1, err
     assert list(runs_dir.iterdir()) == []
 
 

@@ -88,3 +88,26 @@ def test_lr_find_command_writes_curve_and_suggestion(run_cli, runs_dir):
     assert rows[0] == "step,learning_rate,loss,smoothed_loss" and len(rows) == summary["sweep"]["steps_run"] + 1
     assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert f"schedule.lr={summary['suggestion']:.3g}" in out
+
+
+def test_accumulation_counts_updates_for_the_schedule(run_cli, runs_dir):
+    # 1257 samples in batches of 16 are 79 batches, 20 updates of 4 (the last one partial) per
+    # epoch; a step schedule of one epoch halves the rate exactly at each epoch boundary.
+    fit(run_cli, "training.epochs=3", "training.batch_size=16", "training.accumulation_steps=4",
+        "schedule.name=step", "schedule.step_size=1", "schedule.gamma=0.5", "schedule.lr=0.004",
+        "early_stopping.enabled=false")
+    logged = read_history_csv(only_run(runs_dir) / "history.csv")["learning_rate"]
+    np.testing.assert_allclose(logged, [0.004, 0.002, 0.001], rtol=1e-6)
+
+
+def test_accumulation_schedule_runs(run_cli, runs_dir):
+    fit(run_cli, "training.epochs=2", "training.accumulation_schedule=[[1, 1], [2, 4]]")
+    assert len(read_history_csv(only_run(runs_dir) / "history.csv")["loss"]) == 2
+
+
+def test_adaptive_accumulation_follows_the_noise_scale_in_fit(run_cli, runs_dir):
+    fit(run_cli, "training.epochs=2", "training.noise_scale=true",
+        "training.accumulation_adaptive=true")
+    history = read_history_csv(only_run(runs_dir) / "history.csv")
+    expected = max(1, min(64, round(history["noise_scale"][0] / 64)))
+    assert history["accumulation_steps"][0] == expected

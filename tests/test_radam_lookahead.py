@@ -131,3 +131,15 @@ def test_config_builds_radam_and_lookahead():
     assert isinstance(optimizer, callbacks.Lookahead) and optimizer.sync_period == 6
     assert isinstance(optimizer.inner_optimizer, callbacks.RAdam)
     assert optimizer.inner_optimizer.beta_2 == 0.99
+
+
+def test_lookahead_slow_weights_start_at_the_weights_inside_fit():
+    # With a zero learning rate and a sync every update, slow = fast = the initial weights;
+    # slow weights that started anywhere else would pull the weights away.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    initial = [np.array(w) for w in model.get_weights()]
+    model.compile(callbacks.Lookahead(keras.optimizers.SGD(0.0), sync_period=1), "mse")
+    model.fit(np.ones((8, 4)), np.zeros((8, 2)), batch_size=4, epochs=2, verbose=0)
+    for before, after in zip(initial, model.get_weights()):
+        np.testing.assert_allclose(np.array(after), before, rtol=1e-6, atol=1e-7)
