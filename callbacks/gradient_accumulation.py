@@ -10,10 +10,10 @@ from callbacks.wrapped_optimizer import WrappedOptimizer
 class GradientAccumulation(WrappedOptimizer):
     """Wraps an optimizer so that it updates once per `steps` batches, on their mean gradient.
 
-    Pass it to `model.compile` and add an `AccumulationScheduler` to `fit`'s callbacks. Then each update equals one step of the
-    wrapped optimizer on the concatenated batches with a mean-reduced loss, including
-    clipping and weight decay, which Keras 3.15's `gradient_accumulation_steps` does not
-    give:
+    Pass it to `model.compile` and add an `AccumulationScheduler` to `fit`'s callbacks.
+    Then each update equals one step of the wrapped optimizer on the concatenated batches
+    with a mean-reduced loss, including clipping and weight decay, with what Keras 3.15's
+    `gradient_accumulation_steps` lacks:
 
     - the wrapped optimizer's `iterations`, so its learning-rate schedule, count updates,
       not batches; its moving average (`use_ema`) is updated once per update;
@@ -23,9 +23,10 @@ class GradientAccumulation(WrappedOptimizer):
       not over-weighted (the callback needs `samples_per_epoch` for that).
 
     Every batch computes the wrapped optimizer's update and keeps it only at the end of a
-    window (the way Keras's JAX accumulation does it, and the only form that compiles the
-    same on every backend); this costs one optimizer update per batch, small next to the
-    forward and backward passes.
+    window (as Keras's JAX accumulation does; it compiles the same on every backend). That
+    costs an optimizer update and a copy of the weights and optimizer state per batch, and
+    an accumulator per weight: it pays when activations dominate memory
+    (`bench/accumulation.py`).
 
     BatchNormalization still normalises each batch by its own statistics and updates its
     moving statistics once per batch, as with accumulation in PyTorch: accumulation gives
