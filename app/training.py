@@ -174,52 +174,20 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
 
     Raises:
         UserError: if the loss became non-finite before any epoch finished.
+        KeyboardInterrupt: after a graceful Ctrl-C, so that no run directory is written.
     """
-    import keras
+    from callbacks import BestModelCheckpoint, EarlyStopping, NaNGuard
 
-    from app.optimizers import accumulates
-    from callbacks import (AccumulationScheduler, BestModelCheckpoint, EarlyStopping,
-                           GradientNoiseScale, LearningRateMonitor, NaNGuard,
-                           ReduceLROnPlateau)
-
-    monitor = config.early_stopping.monitor
-    checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=monitor,
+    checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=config.early_stopping.monitor,
                                      mode=config.early_stopping.mode)
-    callbacks = [LearningRateMonitor(), checkpoint]
-    plateau = config.schedule.plateau
-    if plateau.enabled:
-        callbacks.append(ReduceLROnPlateau(
-            monitor=plateau.monitor, mode=plateau.mode, factor=plateau.factor,
-            patience=plateau.patience, threshold=plateau.threshold,
-            threshold_mode=plateau.threshold_mode, cooldown=plateau.cooldown,
-            min_lr=plateau.min_lr, verbose=int(config.training.verbose > 0),
-        ))
-    if config.training.noise_scale:
-        samples = slice(0, NOISE_SCALE_SAMPLES)
-        callbacks.append(GradientNoiseScale(
-            (dataset.x_train[samples], dataset.y_train[samples]),
-            small_batch_size=min(32, config.training.batch_size)))
-    if accumulates(config.training):  # after the noise scale, which it may follow
-        training = config.training
-        scheduling = {start - 1: steps for start, steps in training.accumulation_schedule or []}
-        callbacks.append(AccumulationScheduler(scheduling, samples_per_epoch=len(dataset.x_train),
-                                               adaptive=training.accumulation_adaptive))
-    guard = None
+    callbacks = [checkpoint, *_optional_callbacks(config, dataset)]
+    guard = stopper = None
     if config.training.nan_guard:
-        guard = NaNGuard(monitor=monitor, mode=checkpoint.mode, verbose=0)
+        guard = NaNGuard(monitor=checkpoint.monitor, mode=checkpoint.mode, verbose=0)
         callbacks.append(guard)
-    stopper = None
     if config.early_stopping.enabled:
-        settings = config.early_stopping
-        stopper = EarlyStopping(
-            monitor=monitor,
-            mode=checkpoint.mode,  # resolved by name, so both always agree on the direction
-            patience=settings.patience, min_delta=settings.min_delta,
-            min_delta_mode=settings.min_delta_mode, check_finite=settings.check_finite,
-            stopping_threshold=settings.stopping_threshold,
-            divergence_threshold=settings.divergence_threshold,
-            start_from_epoch=settings.start_from_epoch,
-        )
+        # The checkpoint's resolved mode, so that both always agree on the direction.
+        stopper = EarlyStopping(**{**_settings(config.early_stopping), "mode": checkpoint.mode})
         callbacks.append(stopper)
     result = model.fit(
         dataset.x_train,
@@ -233,18 +201,49 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
     if stopper is not None and stopper.interrupted:
         # The first Ctrl-C stopped training gracefully; a run stays complete or absent.
         raise KeyboardInterrupt
-    if guard is not None and guard.triggered:
-        report = guard.report
-        where = (f"in epoch {len(result.history['loss'])}, batch {report['batch'] + 1} "
-                 f"(first non-finite gradient: layer {report['non_finite_gradient_layer']})")
-        if report["restored"] == "initial weights":
-            raise UserError(f"training diverged {where} before any epoch finished; lower "
-                            "schedule.lr or set training.clip_norm")
-        nan_report = {**report, "epoch": len(result.history["loss"])}
-    else:
-        nan_report = None
     history = {key: [float(value) for value in values] for key, values in result.history.items()}
-    return history, checkpoint, nan_report
+    return history, checkpoint, _nan_report(guard, epochs=len(history["loss"]))
+
+
+def _optional_callbacks(config, dataset):
+    """The learning-rate monitor, then plateau reduction, noise scale and accumulation as
+    configured (the accumulation scheduler after the noise scale, which it may follow)."""
+    from app.optimizers import accumulates
+    from callbacks import (AccumulationScheduler, GradientNoiseScale, LearningRateMonitor,
+                           ReduceLROnPlateau)
+
+    callbacks = [LearningRateMonitor()]
+    training = config.training
+    if config.schedule.plateau.enabled:
+        callbacks.append(ReduceLROnPlateau(**_settings(config.schedule.plateau),
+                                           verbose=int(training.verbose > 0)))
+    if training.noise_scale:
+        samples = slice(0, NOISE_SCALE_SAMPLES)
+        callbacks.append(GradientNoiseScale(
+            (dataset.x_train[samples], dataset.y_train[samples]),
+            small_batch_size=min(32, training.batch_size)))
+    if accumulates(training):
+        scheduling = {start - 1: steps for start, steps in training.accumulation_schedule or []}
+        callbacks.append(AccumulationScheduler(scheduling, samples_per_epoch=len(dataset.x_train),
+                                               adaptive=training.accumulation_adaptive))
+    return callbacks
+
+
+def _settings(section):
+    """A config section's keys as keyword arguments of its callback (`enabled` aside)."""
+    return {key: value for key, value in dataclasses.asdict(section).items() if key != "enabled"}
+
+
+def _nan_report(guard, epochs):
+    if guard is None or not guard.triggered:
+        return None
+    report = guard.report
+    where = (f"in epoch {epochs}, batch {report['batch'] + 1} (first non-finite gradient: "
+             f"layer {report['non_finite_gradient_layer']})")
+    if report["restored"] == "initial weights":
+        raise UserError(f"training diverged {where} before any epoch finished; lower "
+                        "schedule.lr or set training.clip_norm")
+    return {**report, "epoch": epochs}
 
 
 def _load_best_model(path, config):
