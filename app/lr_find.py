@@ -90,11 +90,11 @@ def run_lr_find(config, min_lr, max_lr, steps, rule):
     from app.config import dump_config
     from app.data import load_dataset
     from app.rundir import StagedRunDirectory, plan_run_directory
-    from app.training import check_model_fits_data, resolve
+    from app.training import check_model_fits_data, default_run_name, resolve
 
     dataset = load_dataset(config.data, seed=config.seed)
     check_model_fits_data(config.model, dataset)
-    name = f"{config.output.name or f'{config.model.architecture}-{config.model.size}'}-lr-find"
+    name = f"{default_run_name(config)}-lr-find"
     config = resolve(config, name)
     run_dir = plan_run_directory(config.output, name)
     with StagedRunDirectory(run_dir) as run:

@@ -40,7 +40,7 @@ def run_fit(config):
     """
     dataset = load_dataset(config.data, seed=config.seed)
     check_model_fits_data(config.model, dataset)
-    name = config.output.name or f"{config.model.architecture}-{config.model.size}"
+    name = default_run_name(config)
     run_dir = plan_run_directory(config.output, name)
     config = resolve(config, name)
 
@@ -72,6 +72,11 @@ def run_fit(config):
         _write_reports(run.staging, history, metrics, title=run_dir.name)
         path = run.commit()
     return path, metrics
+
+
+def default_run_name(config):
+    """`output.name`, else `<architecture>-<size>`."""
+    return config.output.name or f"{config.model.architecture}-{config.model.size}"
 
 
 def resolve(config, name):
@@ -125,16 +130,11 @@ def build_compiled_model(config, dataset):
 def steps_per_epoch(config, dataset):
     """Optimizer updates per epoch: batches over the accumulation steps, a partial window
     counting as one (with `accumulation_schedule`, those of the first epoch)."""
-    batches = math.ceil(len(dataset.x_train) / config.training.batch_size)
-    return math.ceil(batches / _accumulation_steps_at(config.training, epoch=1))
-
-
-def _accumulation_steps_at(training, epoch):
-    steps = training.accumulation_steps
-    for start, scheduled in sorted(training.accumulation_schedule or []):
-        if start <= epoch:
-            steps = scheduled
-    return steps
+    training = config.training
+    batches = math.ceil(len(dataset.x_train) / training.batch_size)
+    first_epoch_steps = dict(training.accumulation_schedule or []).get(
+        1, training.accumulation_steps)
+    return math.ceil(batches / first_epoch_steps)
 
 
 def _find_learning_rate(config, dataset, directory):

@@ -6,11 +6,12 @@ import keras
 
 
 def resolve_mode(monitor, mode):
-    """`"min"` or `"max"` for `monitor`; `"auto"` maximises accuracies, as Keras does."""
+    """`"min"` or `"max"` for `monitor`; `"auto"` maximises accuracies and AUCs, as Keras
+    does, and minimises the rest."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
     if mode == "auto":
-        return "max" if "acc" in monitor else "min"
+        return "max" if "acc" in monitor or monitor.endswith("auc") else "min"
     return mode
 
 

@@ -7,7 +7,8 @@ import warnings
 
 import keras
 import numpy as np
-from keras import ops
+
+from callbacks.training_state import restore, snapshot
 
 MIN_DELTA_MODES = ("absolute", "relative")
 
@@ -157,15 +158,13 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         model = self.model
         if not isinstance(model, keras.Model):  # anything with get/set_weights, as in Keras
             return model.get_weights()
-        averages = _moving_averages(model)
-        return [_copy(averages.get(id(variable), variable).value) for variable in model.weights]
+        return snapshot(model.weights, replacements=_moving_averages(model))
 
-    def _restore(self, snapshot):
+    def _restore(self, values):
         if not isinstance(self.model, keras.Model):
-            self.model.set_weights(snapshot)
+            self.model.set_weights(values)
             return
-        for variable, value in zip(self.model.weights, snapshot):
-            variable.assign(value)
+        restore(self.model.weights, values)
 
     def _catch_interrupts(self):
         if threading.current_thread() is not threading.main_thread():
@@ -220,18 +219,6 @@ class _StopOnFirstInterrupt:
         print(
             "\nInterrupted: stopping after this batch and restoring the best weights "
             "(Ctrl-C again to stop at once).")
-
-
-def _copy(value):
-    """A copy of a variable's value that later updates cannot change, kept on its device.
-
-    TensorFlow's copy is copy-on-write, so it costs nothing until the variable changes. On a
-    CPU, JAX's own copy is about 2x slower than NumPy's (`bench/early_stopping.py`).
-    """
-    if keras.backend.backend() == "jax" and all(
-            device.platform == "cpu" for device in value.devices()):
-        return np.array(value)
-    return ops.copy(value)
 
 
 def _scalar(value, name):

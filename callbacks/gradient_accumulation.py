@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from callbacks.training_state import sync_jax_state
 from callbacks.wrapped_optimizer import WrappedOptimizer
 
 
@@ -184,7 +185,7 @@ class AccumulationScheduler(keras.callbacks.Callback):
         last = self.samples_per_epoch - (steps - 1) * batch_size
         if last == batch_size:
             return
-        _sync_jax_state(self.model)
+        sync_jax_state(self.model)
         self._optimizer._batch_weight.assign(last / batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -206,10 +207,3 @@ class AccumulationScheduler(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _sync_jax_state(model):
-    # JAX keeps the training state outside the variables within an epoch: write it back, so
-    # that an assignment is what the next step reads.
-    if keras.backend.backend() == "jax":
-        model.jax_state_sync()

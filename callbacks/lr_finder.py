@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from callbacks.schedule_math import learning_rate_schedule
+from callbacks.training_state import restore, snapshot, sync_jax_state
 
 SUGGESTION_RULES = ("valley", "steepest", "minimum")
 
@@ -88,17 +89,14 @@ class LRFinder(keras.callbacks.Callback):
             raise ValueError("LRFinder needs an optimizer with a constant learning rate; "
                              "compile with e.g. Adam(1e-3) for the sweep")
         self._reset()
-        self._saved_weights = [keras.ops.convert_to_numpy(v) for v in self.model.variables]
-        self._saved_optimizer_state = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
+        self._saved_weights = snapshot(self.model.variables)
+        self._saved_optimizer_state = snapshot(optimizer.variables)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_mean, self._epoch_batches = 0.0, 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        if keras.backend.backend() == "jax":
-            # JAX keeps the training state outside the variables between epochs; write it
-            # back so that the assignment below is what the next step reads.
-            self.model.jax_state_sync()
+        sync_jax_state(self.model)  # so that the assignment below is what the next step reads
         self.model.optimizer.learning_rate = self.sweep_rate(len(self.learning_rates))
 
     def on_train_batch_end(self, batch, logs=None):
@@ -123,10 +121,8 @@ class LRFinder(keras.callbacks.Callback):
             self.stopped_on_divergence = True
 
     def on_train_end(self, logs=None):
-        for variable, value in zip(self.model.variables, self._saved_weights):
-            variable.assign(value)
-        for variable, value in zip(self.model.optimizer.variables, self._saved_optimizer_state):
-            variable.assign(value)
+        restore(self.model.variables, self._saved_weights)
+        restore(self.model.optimizer.variables, self._saved_optimizer_state)
         self.suggestion = suggest_learning_rate(self.learning_rates, self.smoothed_losses,
                                                 self.suggestion_rule)
 

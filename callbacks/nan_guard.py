@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from callbacks.best_model_checkpoint import resolve_mode
-from callbacks.early_stopping import _copy
+from callbacks.training_state import restore, snapshot, sync_jax_state
 
 
 @keras.saving.register_keras_serializable(package="efficient_learning")
@@ -56,7 +56,7 @@ class NaNGuard(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.triggered, self.report = False, None
         self._best = None
-        self._best_weights = [_copy(variable.value) for variable in self.model.weights]
+        self._best_weights = snapshot(self.model.weights)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -67,7 +67,7 @@ class NaNGuard(keras.callbacks.Callback):
                                         else value > self._best)
         if better:
             self._best = value
-            self._best_weights = [_copy(variable.value) for variable in self.model.weights]
+            self._best_weights = snapshot(self.model.weights)
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -75,11 +75,9 @@ class NaNGuard(keras.callbacks.Callback):
             return
         self.triggered = True
         self.model.stop_training = True
-        if keras.backend.backend() == "jax":
-            self.model.jax_state_sync()  # the weights the offending update wrote
+        sync_jax_state(self.model)  # the weights the offending update wrote
         layer = _first_layer_with_non_finite_weights(self.model)
-        for variable, value in zip(self.model.weights, self._best_weights):
-            variable.assign(value)
+        restore(self.model.weights, self._best_weights)
         self.report = {
             "batch": batch,
             "loss": float(loss),

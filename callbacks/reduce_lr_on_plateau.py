@@ -6,6 +6,7 @@ import warnings
 import keras
 from keras import ops
 
+from callbacks.best_model_checkpoint import resolve_mode
 from callbacks.learning_rate_monitor import current_learning_rate
 from callbacks.schedule_math import deserialize, evaluate, learning_rate_schedule, serialize
 
@@ -113,9 +114,7 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
     @property
     def direction(self):
         """`"min"` or `"max"`, with `"auto"` resolved from the monitored name."""
-        if self.mode != "auto":
-            return self.mode
-        return "max" if "acc" in self.monitor or self.monitor.endswith("auc") else "min"
+        return resolve_mode(self.monitor, self.mode)
 
     def on_train_begin(self, logs=None):
         self.reset()
