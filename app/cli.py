@@ -1,4 +1,4 @@
-"""The command line: `python -m app {fit,lr-find,doctor,evaluate,info} [--backend NAME] ...`.
+"""The command line: `python -m app {fit,tune,lr-find,doctor,evaluate,info} [--backend NAME] ...`.
 
 User errors are printed as one line on stderr with exit code 2 and no traceback.
 """
@@ -9,7 +9,7 @@ import sys
 
 from app import __version__
 from app.backend import BACKENDS, DEFAULT_BACKEND
-from app.config import LR_FINDER_RULES
+from app.config import DISTRIBUTION_STRATEGIES, LR_FINDER_RULES, TUNERS
 from app.errors import UserError
 from app.lr_find import DEFAULT_SWEEP
 
@@ -39,11 +39,38 @@ def build_parser():
                             metavar="SECTION.KEY=VALUE",
                             help="override one key, e.g. --set training.epochs=20 (repeatable)")
 
+    distributed = argparse.ArgumentParser(add_help=False)
+    distributed.add_argument("--distribution", choices=DISTRIBUTION_STRATEGIES,
+                             help="train on several devices (config: distribution.strategy): "
+                                  "mirrored or tpu on tensorflow, data-parallel on jax")
+    distributed.add_argument("--tpu", metavar="NAME",
+                             help="the Cloud TPU to connect to (default: this TPU VM's chips)")
+
     commands.add_parser(
-        "fit", parents=[common, configured], help="train a model and write a run directory",
+        "fit", parents=[common, configured, distributed],
+        help="train a model and write a run directory",
         description="Train the configured model, keep the best epoch on validation data, "
                     "evaluate it once on the test split and write runs/<name>-<timestamp>/.",
     )
+
+    tune = commands.add_parser(
+        "tune", parents=[common, configured, distributed],
+        help="search hyperparameters with KerasTuner and write a search directory",
+        description="Search the config's search space with KerasTuner on validation data, "
+                    "retrain the best trial, test it once and write "
+                    "runs/<name>-search-<timestamp>/ with leaderboard.csv and best.keras.",
+    )
+    tune.add_argument("--tuner", choices=TUNERS, help="config: tuning.tuner (default: random)")
+    tune.add_argument("--max-trials", type=_positive_int,
+                      help="config: tuning.max_trials (random and bayesian)")
+    tune.add_argument("--resume", metavar="DIR",
+                      help="continue the interrupted search in DIR (its .partial directory)")
+    roles = tune.add_mutually_exclusive_group()
+    roles.add_argument("--chief", metavar="HOST:PORT",
+                       help="serve the search's oracle at HOST:PORT for --worker processes")
+    roles.add_argument("--worker", metavar="HOST:PORT",
+                       help="run trials for the chief at HOST:PORT (same config as the chief)")
+    tune.add_argument("--worker-id", help="this worker's name (default: worker-<host>-<pid>)")
 
     lr_find = commands.add_parser(
         "lr-find", parents=[common, configured], help="suggest a learning rate (range test)",
@@ -85,14 +112,21 @@ def main(argv=None):
     try:
         arguments = build_parser().parse_args(argv)
         # Validate the configuration before the backend starts: bad input fails fast.
-        configured = arguments.command in ("fit", "lr-find", "doctor")
+        configured = arguments.command in ("fit", "tune", "lr-find", "doctor")
         config = _load_config(arguments) if configured else None
         if arguments.command == "lr-find" and not arguments.min_lr < arguments.max_lr:
             raise UserError(f"--min-lr must be below --max-lr; got {arguments.min_lr:g} and "
                             f"{arguments.max_lr:g}")
-        _start_backend(arguments.backend)
+        role = _tune_role(arguments) if arguments.command == "tune" else None
+        backend = _start_backend(arguments.backend)
+        if config is not None:
+            from app.distribution import check_distribution
+
+            check_distribution(config.distribution, backend)
         if arguments.command == "fit":
             return _fit(config)
+        if arguments.command == "tune":
+            return _tune(config, arguments, role)
         if arguments.command == "lr-find":
             return _lr_find(config, arguments)
         if arguments.command == "doctor":
@@ -103,8 +137,10 @@ def main(argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; no run directory was written", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        # A search says where its partial directory is; other commands leave nothing.
+        what = interrupt.args[0] if interrupt.args else "no run directory was written"
+        print(f"interrupted; {what}", file=sys.stderr)
         return 130
 
 
@@ -118,6 +154,12 @@ def _positive_float(text):
     return value
 
 
+def _positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text}")
+    return int(text)
+
+
 def _sweep_steps(text):
     if not text.isdigit() or int(text) < 5:
         raise argparse.ArgumentTypeError(f"must be an integer >= 5; got {text}")
@@ -127,14 +169,51 @@ def _sweep_steps(text):
 def _load_config(arguments):
     from app.config import load_config
 
-    return load_config(arguments.config, arguments.overrides)
+    flags = {  # command-line flags that set configuration keys
+        "distribution.strategy": getattr(arguments, "distribution", None),
+        "distribution.tpu": getattr(arguments, "tpu", None),
+        "tuning.tuner": getattr(arguments, "tuner", None),
+        "tuning.max_trials": getattr(arguments, "max_trials", None),
+    }
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if getattr(arguments, "resume", None) is not None:
+        given = [flag for flag, value in [("--config", arguments.config),
+                                          ("--set", arguments.overrides),
+                                          ("--tuner/--max-trials/--distribution/--tpu",
+                                           overrides)] if value]
+        if given:
+            raise UserError(f"--resume continues a search with its own configuration; "
+                            f"drop {', '.join(given)}")
+        return None
+    return load_config(arguments.config, [*arguments.overrides, *overrides])
+
+
+def _tune_role(arguments):
+    import socket
+
+    from app.tuning import Role
+
+    if arguments.worker_id and not arguments.worker:
+        raise UserError("--worker-id names a --worker; add --worker HOST:PORT")
+    for address in (arguments.chief, arguments.worker):
+        host, _, port = (address or "").rpartition(":")
+        if address is not None and not (host and port.isdigit()):
+            raise UserError(f"{address!r} must be HOST:PORT, e.g. 127.0.0.1:8000")
+    if arguments.chief:
+        return Role("chief", arguments.chief)
+    if arguments.worker:
+        if arguments.resume:
+            raise UserError("--resume is for the chief; a worker joins with the chief's config")
+        tuner_id = arguments.worker_id or f"worker-{socket.gethostname()}-{os.getpid()}"
+        return Role("worker", arguments.worker, tuner_id)
+    return Role()
 
 
 def _start_backend(name):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     from app.backend import select_backend
 
-    select_backend(name)
+    return select_backend(name)
 
 
 def _fit(config):
@@ -143,6 +222,22 @@ def _fit(config):
 
     run_dir, metrics = run_fit(config)
     print(format_summary(metrics, run_dir))
+    return 0
+
+
+def _tune(config, arguments, role):
+    from app.reporting import format_summary
+    from app.tuning import run_tune
+
+    search_dir, metrics = run_tune(config, resume=arguments.resume, role=role)
+    if search_dir is None:
+        print("worker finished: the chief writes the search's results")
+        return 0
+    search = metrics["search"]
+    print(format_summary(metrics, search_dir))
+    print(f"search            {search['completed']}/{search['trials']} trials completed "
+          f"({search['tuner']}); best trial {search['best_trial']}: "
+          f"{search['objective']} {search['best_objective']:.4f}")
     return 0
 
 

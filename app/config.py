@@ -64,6 +64,8 @@ REQUIRED_SCHEDULE_PARAMETERS = {
 # The rules of `callbacks.suggest_learning_rate`, here so that configurations and the
 # command line are checked before Keras starts.
 LR_FINDER_RULES = ("valley", "steepest", "minimum")
+TUNERS = ("random", "hyperband", "bayesian")
+DISTRIBUTION_STRATEGIES = ("none", "mirrored", "tpu", "data-parallel")
 # Cyclic and one-cycle schedules rise from a low rate by themselves.
 WARMUP_SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "cosine_restarts")
 
@@ -89,8 +91,8 @@ def option(default, *, choices=None, low=None, high=None, low_open=False, high_o
         "high_open": high_open,
         "keywords": tuple(keywords),
     }
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -258,8 +260,38 @@ class OutputConfig:
 
 
 @dataclasses.dataclass
+class TuningConfig:
+    """How `python -m app tune` explores the `search` space (see the README).
+
+    `max_trials` bounds random and Bayesian searches; Hyperband's brackets follow from
+    `training.epochs` and `hyperband_factor`. `trials_per_process` runs that many trials in
+    each fresh worker process (`0`: all in one process); `null` means 10 on TensorFlow, whose
+    memory grows with every trial, and 0 on JAX and PyTorch.
+    """
+
+    tuner: str = option("random", choices=list(TUNERS))
+    max_trials: int = option(10, low=1)
+    objective: str = option("val_loss", choices=["val_loss", "val_accuracy"])
+    executions_per_trial: int = option(1, low=1)
+    hyperband_factor: int = option(3, low=2)
+    max_consecutive_failed_trials: int = option(3, low=1)
+    trials_per_process: Optional[int] = option(None, low=0)
+
+
+@dataclasses.dataclass
+class DistributionConfig:
+    """Training on several devices: `none`, `mirrored` or `tpu` (TensorFlow), `data-parallel`
+    (JAX). `training.batch_size` is the global batch, split over the devices. `tpu` names the
+    Cloud TPU to connect to (`null`: the TPU VM's own chips)."""
+
+    strategy: str = option("none", choices=list(DISTRIBUTION_STRATEGIES))
+    tpu: Optional[str] = option(None)
+
+
+@dataclasses.dataclass
 class Config:
-    """The whole configuration of a run."""
+    """The whole configuration of a run. `search` maps dotted keys to the distributions that
+    `python -m app tune` draws them from (`app.search_space`)."""
 
     seed: int = option(42, low=0)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -269,6 +301,9 @@ class Config:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
+    tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
+    search: dict = option({})
 
 
 def load_config(path=None, overrides=()):
@@ -291,6 +326,48 @@ def load_config(path=None, overrides=()):
         key, value = _parse_override(override)
         _set_dotted(tree, key, value)
     return _build(Config, tree, prefix="")
+
+
+def with_values(config, values):
+    """`config` with dotted keys replaced, validated like a loaded configuration.
+
+    Example:
+
+    ```python
+    trial = with_values(config, {"schedule.lr": 3e-3, "model.width": 128})
+    ```
+    """
+    tree = config_to_dict(config)
+    for key, value in values.items():
+        _set_dotted(tree, key, value)
+    return _build(Config, tree, prefix="")
+
+
+def field_of(dotted_key):
+    """The type annotation and metadata of a configuration key such as `"schedule.lr"`.
+
+    Raises:
+        UserError: if the key names no field, or names a section.
+    """
+    parts = dotted_key.split(".")
+    cls = Config
+    for depth, name in enumerate(parts):
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        if name not in fields:
+            raise UserError(_unknown_key_message(dotted_key, name, fields))
+        annotation = typing.get_type_hints(cls)[name]
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(annotation):
+                raise UserError(f"{dotted_key} is a section; name one of its keys")
+            return annotation, fields[name].metadata
+        if not dataclasses.is_dataclass(annotation):
+            raise UserError(f"{dotted_key}: {name} is not a section")
+        cls = annotation
+
+
+def check_value(key, value, annotation, metadata):
+    """`value` checked and coerced as the value of `key` (see `field_of`)."""
+    return _check_value(key, value, annotation, metadata)
 
 
 def config_to_dict(config):
@@ -384,7 +461,8 @@ def _type_name(annotation):
         return _type_name(_inner(annotation)) + " or null"
     if typing.get_origin(annotation) is list:
         return f"a list of {_type_name(typing.get_args(annotation)[0])}"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}[annotation]
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            dict: "a mapping"}[annotation]
 
 
 def _is_optional(annotation):
@@ -444,6 +522,10 @@ def _coerce(key, value, annotation):
         return float(value)
     if annotation is str:
         if not isinstance(value, str) or not value:
+            raise wrong_type
+        return value
+    if annotation is dict:
+        if not isinstance(value, dict):
             raise wrong_type
         return value
     raise TypeError(f"unsupported configuration type {annotation!r} for {key}")
@@ -510,6 +592,10 @@ def _check_section(section, prefix):
             )
     elif isinstance(section, ScheduleConfig):
         _check_schedule(section, prefix)
+    elif isinstance(section, Config):
+        from app.search_space import check_objective, parse_search_space
+
+        check_objective(parse_search_space(section.search), section.tuning.objective)
     elif isinstance(section, OutputConfig):
         if section.name is not None and ("/" in section.name or section.name.startswith(".")):
             raise UserError(f"{prefix}name must be a plain folder name; got {section.name!r}")

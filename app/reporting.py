@@ -71,6 +71,10 @@ def format_summary(metrics, run_dir):
         f"test              accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}",
         f"majority baseline accuracy {metrics['baseline']['majority_class_accuracy']:.4f}",
     ]
+    distribution = metrics.get("distribution", {})
+    if distribution.get("strategy", "none") != "none":
+        replicas, strategy = distribution["replicas"], distribution["strategy"]
+        lines.insert(2, f"devices           {replicas} ({strategy})")
     if "lr_finder" in metrics:
         finder = metrics["lr_finder"]
         lines.insert(2, f"learning rate     {finder['suggestion']:.3g}  (LR finder, {finder['rule']} "

@@ -73,10 +73,7 @@ class StagedRunDirectory:
 
     def commit(self):
         """Moves the staged files to `final_path`, failing if something appeared there."""
-        if self.final_path.exists():
-            raise UserError(f"run directory {self.final_path} appeared while training; "
-                            f"nothing was written there")
-        os.rename(self.staging, self.final_path)
+        move_into_place(self.staging, self.final_path)
         self.committed = True
         return self.final_path
 
@@ -84,3 +81,16 @@ class StagedRunDirectory:
         if not self.committed and self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
         return False
+
+
+def move_into_place(staging, final_path):
+    """Renames a finished `staging` folder to `final_path` in one step.
+
+    Raises:
+        UserError: if `final_path` appeared in the meantime (nothing is moved then).
+    """
+    if Path(final_path).exists():
+        raise UserError(f"run directory {final_path} appeared while training; "
+                        f"nothing was written there")
+    os.rename(staging, final_path)
+    return Path(final_path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from app.config import config_hash, dump_config
 from app.data import BUNDLED_DATASETS, load_dataset
+from app.distribution import start_distribution, stop_distribution
 from app.errors import UserError
 from app.rundir import StagedRunDirectory, plan_run_directory
 
@@ -44,8 +45,6 @@ def run_fit(config):
     run_dir = plan_run_directory(config.output, name)
     config = resolve(config, name)
 
-    import keras
-
     with StagedRunDirectory(run_dir) as run:
         lr_finder = None
         if config.schedule.lr == "auto":
@@ -54,24 +53,44 @@ def run_fit(config):
                 config, schedule=dataclasses.replace(config.schedule, lr=lr_finder["suggestion"]))
         (run.staging / "config.yaml").write_text(dump_config(config))
         (run.staging / CLASS_NAMES_FILE).write_text(json.dumps(dataset.class_names) + "\n")
-        started = time.perf_counter()
-        keras.utils.set_random_seed(config.seed)
-        model = build_compiled_model(config, dataset)
-        history, checkpoint, nan_report = train_model(model, config, dataset, run.staging)
-        train_seconds = time.perf_counter() - started
-        best_model = _load_best_model(run.staging / "best.keras", config)
-        test_loss, test_accuracy = best_model.evaluate(
-            dataset.x_test, dataset.y_test, batch_size=config.training.batch_size, verbose=0
-        )
-        metrics = _metrics(config, dataset, history, checkpoint, model, train_seconds,
-                           time.perf_counter() - started, test_loss, test_accuracy)
+        history, metrics = train_and_test(config, dataset, run.staging)
         if lr_finder is not None:
             metrics["lr_finder"] = lr_finder
-        if nan_report is not None:
-            metrics["stopped_by_nan_guard"] = nan_report
-        _write_reports(run.staging, history, metrics, title=run_dir.name)
+        write_reports(run.staging, history, metrics, title=run_dir.name)
         path = run.commit()
     return path, metrics
+
+
+def train_and_test(config, dataset, staging):
+    """Trains the configured model on the configured devices, keeps `staging/best.keras`
+    and evaluates it once on the test split.
+
+    Returns:
+        `(history, metrics)`: the per-epoch logs and what `metrics.json` holds.
+    """
+    import keras
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    devices = start_distribution(config.distribution)
+    try:
+        training_data = devices.shardable(dataset, config.training.batch_size)
+        with devices.scope():
+            model = build_compiled_model(config, training_data, devices)
+        history, checkpoint, nan_report = train_model(model, config, training_data, staging)
+    finally:
+        stop_distribution(devices)
+    train_seconds = time.perf_counter() - started
+    best_model = _load_best_model(staging / "best.keras", config)
+    test_loss, test_accuracy = best_model.evaluate(
+        dataset.x_test, dataset.y_test, batch_size=config.training.batch_size, verbose=0
+    )
+    metrics = _metrics(config, dataset, history, checkpoint, model, train_seconds,
+                       time.perf_counter() - started, test_loss, test_accuracy)
+    if nan_report is not None:
+        metrics["stopped_by_nan_guard"] = nan_report
+    metrics["distribution"] = devices.describe()
+    return history, metrics
 
 
 def default_run_name(config):
@@ -98,8 +117,15 @@ def resolve(config, name):
     return dataclasses.replace(config, schedule=schedule, output=output, data=data)
 
 
-def build_compiled_model(config, dataset):
-    """Builds the model, its optimizer and loss from `config`, compiled for `dataset`."""
+def build_compiled_model(config, dataset, devices=None):
+    """Builds the model, its optimizer and loss from `config`, compiled for `dataset`.
+
+    Args:
+        config: the resolved configuration.
+        dataset: the `app.data.Dataset` (its shapes, classes and training statistics).
+        devices: the `app.distribution.Devices` it trains on (call this in their scope), or
+            `None` for one device.
+    """
     import keras
 
     from app.optimizers import build_optimizer, build_schedule
@@ -109,7 +135,11 @@ def build_compiled_model(config, dataset):
     statistics = {}
     if config.data.normalize:
         statistics = {"mean": dataset.feature_mean, "variance": dataset.feature_variance}
-    model = build_model(config.model, dataset.input_shape, dataset.num_classes, **statistics)
+    model_config = config.model
+    synchronized = devices is not None and devices.synchronizes_batch_norm
+    if synchronized and model_config.normalization == "batch":
+        model_config = dataclasses.replace(model_config, normalization="sync_batch")
+    model = build_model(model_config, dataset.input_shape, dataset.num_classes, **statistics)
     learning_rate = build_schedule(config.schedule, steps_per_epoch(config, dataset),
                                    config.training.epochs)
     if config.training.label_smoothing:
@@ -176,33 +206,66 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
         UserError: if the loss became non-finite before any epoch finished.
         KeyboardInterrupt: after a graceful Ctrl-C, so that no run directory is written.
     """
-    from callbacks import BestModelCheckpoint, EarlyStopping, NaNGuard
+    from callbacks import BestModelCheckpoint
 
     checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=config.early_stopping.monitor,
                                      mode=config.early_stopping.mode)
-    callbacks = [checkpoint, *_optional_callbacks(config, dataset)]
+    result, nan_report = fit_configured(model, config, dataset,
+                                        callbacks=[checkpoint, *extra_callbacks])
+    history = {key: [float(value) for value in values] for key, values in result.history.items()}
+    return history, checkpoint, nan_report
+
+
+def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arguments):
+    """`model.fit` on the training split, validated on the validation split, with the
+    callbacks that `config` turns on.
+
+    Args:
+        model: a model from `build_compiled_model`.
+        config: the resolved configuration.
+        dataset: the `app.data.Dataset`; its test split is not used.
+        callbacks: more callbacks, run after the configured ones (a checkpoint,
+            KerasTuner's trial callbacks).
+        verbose: Keras's verbosity, else `training.verbose`.
+        **fit_arguments: more `model.fit` arguments: `epochs` (else `training.epochs`),
+            Hyperband's `initial_epoch`.
+
+    Returns:
+        `(history, nan_report)`: Keras's `History` and what the NaN guard found if it
+        stopped training after a good epoch (else `None`).
+
+    Raises:
+        UserError: if the loss became non-finite before any epoch finished.
+        KeyboardInterrupt: after a graceful Ctrl-C.
+    """
+    from callbacks import EarlyStopping, NaNGuard
+    from callbacks.best_model_checkpoint import resolve_mode
+
+    stopping = config.early_stopping
+    mode = resolve_mode(stopping.monitor, stopping.mode)
+    configured = _optional_callbacks(config, dataset)
     guard = stopper = None
     if config.training.nan_guard:
-        guard = NaNGuard(monitor=checkpoint.monitor, mode=checkpoint.mode, verbose=0)
-        callbacks.append(guard)
-    if config.early_stopping.enabled:
-        # The checkpoint's resolved mode, so that both always agree on the direction.
-        stopper = EarlyStopping(**{**_settings(config.early_stopping), "mode": checkpoint.mode})
-        callbacks.append(stopper)
+        guard = NaNGuard(monitor=stopping.monitor, mode=mode, verbose=0)
+        configured.append(guard)
+    if stopping.enabled:
+        # The resolved mode, so that a checkpoint and early stopping agree on the direction.
+        stopper = EarlyStopping(**{**_settings(stopping), "mode": mode})
+        configured.append(stopper)
+    fit_arguments.setdefault("epochs", config.training.epochs)
     result = model.fit(
         dataset.x_train,
         dataset.y_train,
         validation_data=(dataset.x_val, dataset.y_val),
-        epochs=config.training.epochs,
         batch_size=config.training.batch_size,
-        callbacks=[*callbacks, *extra_callbacks],
-        verbose=config.training.verbose,
+        callbacks=[*configured, *callbacks],
+        verbose=config.training.verbose if verbose is None else verbose,
+        **fit_arguments,
     )
     if stopper is not None and stopper.interrupted:
         # The first Ctrl-C stopped training gracefully; a run stays complete or absent.
         raise KeyboardInterrupt
-    history = {key: [float(value) for value in values] for key, values in result.history.items()}
-    return history, checkpoint, _nan_report(guard, epochs=len(history["loss"]))
+    return result, _nan_report(guard, epochs=len(result.history["loss"]))
 
 
 def _optional_callbacks(config, dataset):
@@ -288,7 +351,8 @@ def _metrics(config, dataset, history, checkpoint, model, train_seconds, wall_se
     }
 
 
-def _write_reports(staging, history, metrics, title):
+def write_reports(staging, history, metrics, title):
+    """Writes `history.csv`, `metrics.json` and `curves.png` into `staging`."""
     from app.reporting import plot_curves, write_history_csv, write_json
 
     write_history_csv(history, staging / "history.csv")

@@ -32,7 +32,7 @@ def hidden_kernel_options(*, initializer, normalization, l1, l2):
     The bias is dropped before batch normalisation, whose own shift makes it redundant.
     """
     return {
-        "use_bias": normalization != "batch",
+        "use_bias": normalization not in ("batch", "sync_batch"),
         "kernel_initializer": initializer,
         "kernel_regularizer": regularizer(l1, l2),
     }
@@ -43,13 +43,15 @@ def normalized_activation(x, *, normalization, activation, dropout, name):
 
     Args:
         x: the output of a `Dense` or `Conv2D` layer (without its own activation).
-        normalization: `"batch"`, `"layer"` or `"none"`.
+        normalization: `"batch"`, `"sync_batch"` (batch statistics over all replicas of a
+            TensorFlow distribution strategy), `"layer"` or `"none"`.
         activation: a Keras activation name.
         dropout: the dropout rate, 0 for none.
         name: prefix of the layer names.
     """
-    if normalization == "batch":
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    if normalization in ("batch", "sync_batch"):
+        x = keras.layers.BatchNormalization(synchronized=normalization == "sync_batch",
+                                            name=f"{name}_bn")(x)
     elif normalization == "layer":
         x = keras.layers.LayerNormalization(name=f"{name}_ln")(x)
     x = keras.layers.Activation(activation, name=f"{name}_act")(x)

@@ -21,7 +21,7 @@ def build_cnn(input_shape, num_classes, *, filters=32, depth=2, width=128, activ
         width: units of the dense layer before the logits.
         activation: hidden activation (a Keras activation name).
         initializer: kernel initializer name.
-        normalization: `"batch"`, `"layer"` or `"none"` after each layer.
+        normalization: `"batch"`, `"sync_batch"`, `"layer"` or `"none"` after each layer.
         dropout: dropout rate after the dense layer.
         l1: L1 penalty on every kernel.
         l2: L2 penalty on every kernel.

@@ -17,7 +17,7 @@ def build_mlp(input_shape, num_classes, *, width=256, depth=2, activation="relu"
         depth: number of hidden layers.
         activation: hidden activation (a Keras activation name).
         initializer: kernel initializer name, e.g. `"he_normal"` or `"glorot_uniform"`.
-        normalization: `"batch"`, `"layer"` or `"none"` after each hidden layer.
+        normalization: `"batch"`, `"sync_batch"`, `"layer"` or `"none"` after each hidden layer.
         dropout: dropout rate after each hidden layer.
         l1: L1 penalty on every kernel.
         l2: L2 penalty on every kernel.

@@ -27,7 +27,7 @@ FAST = [
 
 
 @pytest.fixture
-def run_cli(tmp_path, capsys):
+def run_cli(tmp_path, capfd):
     """Runs `python -m app` in this process with output under `tmp_path/runs`.
 
     Returns `(exit_code, stdout, stderr)`.
@@ -36,13 +36,20 @@ def run_cli(tmp_path, capsys):
 
     def run(*arguments):
         arguments = list(arguments)
-        if arguments and arguments[0] in ("fit", "lr-find"):
+        if arguments and arguments[0] in ("fit", "tune", "lr-find") and "--resume" not in arguments:
             arguments += ["--set", f"output.dir={tmp_path / 'runs'}"]
         code = main(arguments)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        captured = capfd.readouterr()  # fd level: includes trial worker processes
+        return code, captured.out, without_tensorflow_startup_lines(captured.err)
 
     return run
+
+
+def without_tensorflow_startup_lines(text):
+    """`text` without the lines a new TensorFlow process writes before absl starts (no
+    setting turns them off), so that tests see the app's own messages."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not line.startswith(("WARNING: All log messages before absl", "I0000 ")))
 
 
 @pytest.fixture
@@ -50,10 +57,10 @@ def runs_dir(tmp_path):
     return tmp_path / "runs"
 
 
-def run_subprocess(arguments, backend=BACKEND, cwd=None, timeout=300):
-    """Runs a Python command line in a fresh process on `backend`."""
+def run_subprocess(arguments, backend=BACKEND, cwd=None, timeout=300, env=None):
+    """Runs a Python command line in a fresh process on `backend` (`env`: more variables)."""
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
-                       PYTHONPATH=str(REPO))
+                       PYTHONPATH=str(REPO), **(env or {}))
     return subprocess.run([sys.executable, *arguments], capture_output=True, text=True,
                           env=environment, cwd=cwd or REPO, timeout=timeout)
 

@@ -1,13 +1,17 @@
-import pytest
+from pathlib import Path
 
-from app.config import Config, config_hash, dump_config, load_config
+import pytest
+import yaml
+
+from app.config import Config, config_hash, config_to_dict, dump_config, load_config
 from app.errors import UserError
 
 
 def test_defaults_cover_every_section():
     config = load_config()
     assert config == Config()
-    for section in ("data", "model", "optimizer", "schedule", "training", "early_stopping", "output"):
+    for section in ("data", "model", "optimizer", "schedule", "training", "early_stopping",
+                    "output", "distribution", "tuning", "search"):
         assert hasattr(config, section)
     assert isinstance(config.seed, int)
 
@@ -107,3 +111,10 @@ def test_top_level_must_be_a_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="must be a mapping of sections"):
         load_config(path)
+
+
+def test_the_readme_configuration_reference_lists_every_default():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```yaml\nseed: 42\n", 1)[1].split("```", 1)[0]
+    reference = yaml.safe_load("seed: 42\n" + block)
+    assert reference == config_to_dict(load_config())

@@ -131,7 +131,7 @@ def test_a_failure_while_writing_leaves_no_run_directory(run_cli, runs_dir, monk
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(app.training, "_write_reports", broken)
+    monkeypatch.setattr(app.training, "write_reports", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         fit(run_cli, "training.epochs=1")
     assert list(runs_dir.iterdir()) == []

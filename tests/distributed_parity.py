@@ -1,0 +1,61 @@
+"""Trains one model on one device and on two, from the same start; prints max |Δ weight|.
+
+Run by `test_distribution.py` in a fresh process, because the two devices must exist before
+the backend starts: `python tests/distributed_parity.py STRATEGY [--unsynchronized]` with
+`KERAS_BACKEND` set (and, for JAX, `XLA_FLAGS=--xla_force_host_platform_device_count=2`).
+Prints one JSON line: `{"replicas": 2, "max_abs_difference": ...}`.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def main(strategy, synchronized):
+    if os.environ["KERAS_BACKEND"] == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np
+
+    from app.config import load_config
+    from app.data import load_dataset
+    from app.distribution import Devices, start_distribution, stop_distribution
+
+    config = load_config(overrides=[
+        "model.size=student", "model.dropout=0.0", "training.epochs=2", "training.verbose=0",
+        "training.batch_size=32", "optimizer.name=sgd", "optimizer.momentum=0.9",
+        "schedule.lr=0.05", f"distribution.strategy={strategy}",
+    ])
+    dataset = load_dataset(config.data, seed=config.seed)
+    devices = start_distribution(config.distribution)
+    data = devices.shardable(dataset, config.training.batch_size)
+    stop_distribution(devices)  # the single-device run first, without JAX's global setting
+    single = _train(config, data, Devices(), synchronize=False)
+    devices = start_distribution(config.distribution)
+    several = _train(config, data, devices, synchronize=synchronized)
+    stop_distribution(devices)
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(single, several))
+    print(json.dumps({"replicas": devices.replicas, "max_abs_difference": difference}))
+
+
+def _train(config, data, devices, synchronize):
+    import keras
+    import numpy as np
+
+    from app.training import build_compiled_model, fit_configured
+
+    keras.utils.set_random_seed(config.seed)
+    with devices.scope():
+        model = build_compiled_model(config, data, devices if synchronize else None)
+    fit_configured(model, config, data, shuffle=False)
+    return [np.asarray(weight) for weight in model.get_weights()]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], synchronized="--unsynchronized" not in sys.argv)
