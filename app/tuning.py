@@ -91,6 +91,8 @@ def run_tune(config, resume=None, role=Role()):
             or one where no trial completed.
         SearchInterrupted: on Ctrl-C; the partial directory is kept.
     """
+    _check_tuner_installed()
+    # KerasTuner reads a process's role from the environment; worker processes inherit it.
     os.environ.update(role.environment())
     if resume is not None:
         partial, config = _open_partial(resume)
@@ -147,6 +149,18 @@ def run_trials(search_dir, config, dataset, trial_limit=None):
                         f"failed trials in a row; the last: {last_line(str(error))}") from None
     finally:
         stop_distribution(devices)
+
+
+def _check_tuner_installed():
+    from app.backend import is_installed
+
+    needed = ["keras_tuner"]
+    if os.environ.get("KERAS_BACKEND") == "tensorflow":
+        needed.append("tensorboard")  # KerasTuner imports it there: every trial fails without
+    missing = [name for name in needed if not is_installed(name)]
+    if missing:
+        raise UserError(f"tune needs {' and '.join(missing)}; pip install "
+                        "'efficient-learning[tuner]'")
 
 
 def trials_per_process(config):

@@ -123,6 +123,18 @@ def test_a_search_that_cannot_start_is_a_one_line_error(run_cli, runs_dir, overr
     assert not runs_dir.exists()
 
 
+def test_tune_without_keras_tuner_says_what_to_install(run_cli, runs_dir, monkeypatch):
+    import app.backend
+
+    installed = app.backend.is_installed
+    monkeypatch.setattr(app.backend, "is_installed",
+                        lambda name: name != "keras_tuner" and installed(name))
+    code, _, err = run_cli(*tune_arguments())
+    assert code == 2
+    assert err == "error: tune needs keras_tuner; pip install 'efficient-learning[tuner]'\n"
+    assert not runs_dir.exists()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--resume", "x", "--set", "training.epochs=2"], "--resume continues a search with its own"),
     (["--resume", "nowhere"], "nowhere is not an unfinished search"),
