@@ -22,6 +22,7 @@ search_dir, metrics = run_tune(load_config("search.yaml"))
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -287,7 +288,7 @@ def _tuner(partial, config, dataset, devices, trial_limit=None):
     from app.hypermodel import ConfiguredHyperModel, build_tuner, without_test_split
 
     hypermodel = ConfiguredHyperModel(config, without_test_split(dataset), devices)
-    with contextlib.redirect_stdout(open(os.devnull, "w")):  # "Reloading Tuner from ..."
+    with contextlib.redirect_stdout(io.StringIO()):  # hides "Reloading Tuner from ..."
         return build_tuner(config, hypermodel, partial, devices, trial_limit)
 
 
