@@ -1,6 +1,7 @@
-"""The command line: `python -m app {fit,tune,lr-find,doctor,evaluate,info} [--backend NAME] ...`.
+"""The command line: `python -m app {fit,tune,distill,lr-find,doctor,evaluate,export,info} ...`.
 
-User errors are printed as one line on stderr with exit code 2 and no traceback.
+User errors are printed as one line on stderr with exit code 2 and no traceback; an export
+whose package fails its checks exits 1.
 """
 
 import argparse
@@ -11,7 +12,9 @@ from app import __version__
 from app.backend import BACKENDS, DEFAULT_BACKEND
 from app.config import DISTRIBUTION_STRATEGIES, LR_FINDER_RULES, TUNERS
 from app.errors import UserError
+from app.exporting import ExportCheckFailed
 from app.lr_find import DEFAULT_SWEEP
+from export import COMPRESSIONS, PRECISIONS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +75,21 @@ def build_parser():
                        help="run trials for the chief at HOST:PORT (same config as the chief)")
     tune.add_argument("--worker-id", help="this worker's name (default: worker-<host>-<pid>)")
 
+    distill = commands.add_parser(
+        "distill", parents=[common, configured],
+        help="distil a trained teacher into a small student",
+        description="Train the student (the model section; model.size defaults to student) "
+                    "from the labels alone and by distillation from the teacher in RUN_DIR, "
+                    "with the same budget, on the teacher's data and splits; write "
+                    "runs/<name>-<timestamp>/ with the distilled student as best.keras and "
+                    "teacher/scratch/distilled test accuracy in metrics.json.",
+    )
+    distill.add_argument("--teacher", required=True, metavar="RUN_DIR",
+                         help="run directory of the teacher (from fit or tune)")
+    distill.add_argument("--temperature", type=_positive_float,
+                         help="config: distillation.temperature")
+    distill.add_argument("--alpha", type=float, help="config: distillation.alpha (label weight)")
+
     lr_find = commands.add_parser(
         "lr-find", parents=[common, configured], help="suggest a learning rate (range test)",
         description="Sweep the learning rate exponentially on training batches of the "
@@ -102,6 +120,31 @@ def build_parser():
     evaluate.add_argument("--split", choices=["train", "validation", "test"], default="test")
     evaluate.add_argument("--data", help="score this dataset (path or bundled name) instead")
 
+    export = commands.add_parser(
+        "export", parents=[common], help="write a verified Core ML package (.mlpackage)",
+        description="Convert RUN_DIR/best.keras (or a .keras file) to <name>.mlpackage "
+                    "through TensorFlow, whatever backend trained it; check the saved package "
+                    "with a NumPy interpreter against the Keras model on held-out data, rate "
+                    "its Neural Engine readiness, and write both reports as JSON next to it. "
+                    "A failed check writes nothing and exits 1.",
+    )
+    export.add_argument("source", metavar="RUN_DIR|MODEL.keras")
+    export.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                        help="compute precision (default: fp16, which the Neural Engine runs)")
+    export.add_argument("--batch", type=_batch_sizes, default=(1,), metavar="N[,N...]",
+                        help="batch sizes the package accepts (default: 1; several give "
+                             "enumerated shapes)")
+    export.add_argument("--compress", choices=COMPRESSIONS,
+                        help="compress the weights: int8, palettize6 or palettize4")
+    export.add_argument("--strict", action="store_true",
+                        help="fail when the Neural Engine report has errors")
+    export.add_argument("--output", metavar="DIR", help="where to write (default: beside the model)")
+    export.add_argument("--name", help="package name (default: the run's name)")
+    export.add_argument("--author", help="metadata: author (default: your user name)")
+    export.add_argument("--license", default="not specified", help="metadata: license")
+    export.add_argument("--description", help="metadata: short description")
+    export.add_argument("--model-version", default="1.0", help="metadata: version")
+
     commands.add_parser("info", parents=[common],
                         help="Keras version, backend, installed backends and devices")
     return parser
@@ -112,13 +155,14 @@ def main(argv=None):
     try:
         arguments = build_parser().parse_args(argv)
         # Validate the configuration before the backend starts: bad input fails fast.
-        configured = arguments.command in ("fit", "tune", "lr-find", "doctor")
+        configured = arguments.command in ("fit", "tune", "distill", "lr-find", "doctor")
         config = _load_config(arguments) if configured else None
         if arguments.command == "lr-find" and not arguments.min_lr < arguments.max_lr:
             raise UserError(f"--min-lr must be below --max-lr; got {arguments.min_lr:g} and "
                             f"{arguments.max_lr:g}")
         role = _tune_role(arguments) if arguments.command == "tune" else None
-        backend = _start_backend(arguments.backend)
+        backend = _start_backend(_export_backend(arguments) if arguments.command == "export"
+                                 else arguments.backend)
         if config is not None:
             from app.distribution import check_distribution
 
@@ -127,21 +171,38 @@ def main(argv=None):
             return _fit(config)
         if arguments.command == "tune":
             return _tune(config, arguments, role)
+        if arguments.command == "distill":
+            return _distill(config, arguments)
         if arguments.command == "lr-find":
             return _lr_find(config, arguments)
         if arguments.command == "doctor":
             return _doctor(config)
         if arguments.command == "evaluate":
             return _evaluate(arguments)
+        if arguments.command == "export":
+            return _export(arguments)
         return _info()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ExportCheckFailed as failure:
+        if failure.args[1] is not None:
+            _print_export(failure.args[1])
+        print(f"error: {failure.args[0]}; nothing was written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupt:
         # A search says where its partial directory is; other commands leave nothing.
         what = interrupt.args[0] if interrupt.args else "no run directory was written"
         print(f"interrupted; {what}", file=sys.stderr)
         return 130
+
+
+def _batch_sizes(text):
+    sizes = text.split(",")
+    if not all(size.strip().isdigit() and int(size) >= 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"must be batch sizes >= 1 separated by commas, "
+                                         f"e.g. 1,8,32; got {text}")
+    return tuple(sorted({int(size) for size in sizes}))
 
 
 def _positive_float(text):
@@ -174,6 +235,8 @@ def _load_config(arguments):
         "distribution.tpu": getattr(arguments, "tpu", None),
         "tuning.tuner": getattr(arguments, "tuner", None),
         "tuning.max_trials": getattr(arguments, "max_trials", None),
+        "distillation.temperature": getattr(arguments, "temperature", None),
+        "distillation.alpha": getattr(arguments, "alpha", None),
     }
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
     if getattr(arguments, "resume", None) is not None:
@@ -185,7 +248,10 @@ def _load_config(arguments):
             raise UserError(f"--resume continues a search with its own configuration; "
                             f"drop {', '.join(given)}")
         return None
-    return load_config(arguments.config, [*arguments.overrides, *overrides])
+    from app.distillation import STUDENT_DEFAULTS
+
+    defaults = STUDENT_DEFAULTS if arguments.command == "distill" else None
+    return load_config(arguments.config, [*arguments.overrides, *overrides], defaults=defaults)
 
 
 def _tune_role(arguments):
@@ -241,6 +307,16 @@ def _tune(config, arguments, role):
     return 0
 
 
+def _distill(config, arguments):
+    from app.distillation import format_comparison, run_distill
+    from app.reporting import format_summary
+
+    run_dir, metrics = run_distill(config, arguments.teacher)
+    print(format_summary(metrics, run_dir))
+    print(format_comparison(metrics["distillation"]))
+    return 0
+
+
 def _lr_find(config, arguments):
     from app.lr_find import run_lr_find
 
@@ -271,6 +347,47 @@ def _evaluate(arguments):
     print(f"{result['data']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
           f"({result['samples']} samples)")
     return 0
+
+
+def _export_backend(arguments):
+    if arguments.backend not in (None, "tensorflow"):
+        raise UserError(f"export converts through TensorFlow; drop --backend "
+                        f"{arguments.backend} (a model trained on any backend exports)")
+    return "tensorflow"
+
+
+def _export(arguments):
+    from app.exporting import ExportOptions, run_export
+
+    options = ExportOptions(
+        precision=arguments.precision, batch_sizes=arguments.batch,
+        compression=arguments.compress, strict=arguments.strict, output_dir=arguments.output,
+        name=arguments.name, author=arguments.author, license=arguments.license,
+        description=arguments.description, version=arguments.model_version)
+    result = run_export(arguments.source, options)
+    _print_export(result)
+    return 0
+
+
+def _print_export(result):
+    from export import format_report
+
+    verification = result["verification"]
+    size = f"{result['size_bytes'] / 1024:.1f} KiB"
+    if result["uncompressed_size_bytes"]:
+        size += (f" ({result['compression']}; uncompressed "
+                 f"{result['uncompressed_size_bytes'] / 1024:.1f} KiB)")
+    print(f"package           {result['package']}")
+    print(f"size              {size}, {result['precision']}, batch "
+          f"{','.join(map(str, result['batch_sizes']))}")
+    print(f"verification      {'passed' if verification['passed'] else 'FAILED'}: max |Δ logit| "
+          f"{verification['max_abs_logit_error']:.3g}, top-1 agreement "
+          f"{verification['top1_agreement']:.4f} on {verification['samples']} samples "
+          f"({verification['data']}; {verification['criterion']})")
+    lines = [*format_report(result["neural_engine"]).splitlines(),
+             "(static rules: placement is confirmed on a Mac with MLComputePlan)"]
+    print("\n".join(f"{'neural engine' if index == 0 else '':<18}{line}"
+                    for index, line in enumerate(lines)))
 
 
 def _info():

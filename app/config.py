@@ -102,7 +102,8 @@ class DataConfig:
 
     `source` is a bundled scikit-learn dataset name (`digits`, `iris`, `wine`,
     `breast_cancer`) or a path: a `.npz` file, a `.csv` file, or a folder of images with
-    one subfolder per class.
+    one subfolder per class. The split is drawn with `split_seed`, or `seed` when it is
+    `null`: fixing it varies only the training seed (`distill` uses the teacher's split).
     """
 
     source: str = option("digits")
@@ -113,6 +114,7 @@ class DataConfig:
     color_mode: str = option("grayscale", choices=["grayscale", "rgb"])
     validation_fraction: float = option(0.15, low=0.0, high=1.0, low_open=True, high_open=True)
     test_fraction: float = option(0.15, low=0.0, high=1.0, low_open=True, high_open=True)
+    split_seed: Optional[int] = option(None, low=0)
     normalize: bool = option(True)
 
 
@@ -289,6 +291,16 @@ class DistributionConfig:
 
 
 @dataclasses.dataclass
+class DistillationConfig:
+    """`python -m app distill`: the `model` section is the student (`model.size` defaults to
+    `student` there), trained on α·CE(labels) + (1−α)·T²·KL(teacher ‖ student) at
+    temperature T (Hinton et al., 2015)."""
+
+    temperature: float = option(4.0, low=0.0, low_open=True)
+    alpha: float = option(0.1, low=0.0, high=1.0)
+
+
+@dataclasses.dataclass
 class Config:
     """The whole configuration of a run. `search` maps dotted keys to the distributions that
     `python -m app tune` draws them from (`app.search_space`)."""
@@ -303,16 +315,19 @@ class Config:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
     tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
+    distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
     search: dict = option({})
 
 
-def load_config(path=None, overrides=()):
+def load_config(path=None, overrides=(), defaults=None):
     """Builds a validated `Config` from defaults, an optional YAML file and overrides.
 
     Args:
         path: a YAML file whose keys replace the defaults, or `None`.
         overrides: `"section.key=value"` strings, applied after the file; the value is
             read as YAML (`0.1`, `true`, `[8, 8]`, `null`).
+        defaults: dotted keys that replace built-in defaults for one command (`distill`
+            builds a student: `{"model.size": "student"}`); the file and overrides win.
 
     Returns:
         The validated `Config`.
@@ -321,7 +336,11 @@ def load_config(path=None, overrides=()):
         UserError: on a missing or malformed file, an unknown key, a wrong type or an
             out-of-range value, naming the key.
     """
-    tree = _read_yaml(path) if path is not None else {}
+    tree = {}
+    for key, value in (defaults or {}).items():
+        _set_dotted(tree, key, value)
+    if path is not None:
+        _merge(tree, _read_yaml(path))
     for override in overrides:
         key, value = _parse_override(override)
         _set_dotted(tree, key, value)
@@ -401,6 +420,15 @@ def _read_yaml(path):
     if not isinstance(tree, dict):
         raise UserError(f"config file {path} must be a mapping of sections (data:, model:, ...)")
     return tree
+
+
+def _merge(tree, update):
+    """Writes `update` into `tree`, section by section."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
 
 
 def _parse_override(text):

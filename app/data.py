@@ -74,7 +74,7 @@ def load_dataset(data_config, seed):
 
     Args:
         data_config: an `app.config.DataConfig`.
-        seed: the seed of the stratified split.
+        seed: the seed of the stratified split, unless `data_config.split_seed` is set.
 
     Returns:
         A `Dataset`.
@@ -91,7 +91,7 @@ def load_dataset(data_config, seed):
         class_names,
         validation_fraction=data_config.validation_fraction,
         test_fraction=data_config.test_fraction,
-        seed=seed,
+        seed=seed if data_config.split_seed is None else data_config.split_seed,
         description=description,
     )
 

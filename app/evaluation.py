@@ -28,10 +28,7 @@ def run_evaluate(run_dir, split="test", data_source=None):
     Returns:
         A dict with `loss`, `accuracy`, `samples` and what was scored.
     """
-    run_dir = Path(run_dir)
-    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise UserError(f"{run_dir} is not a run directory of `fit` (missing {', '.join(missing)})")
+    run_dir = check_run_directory(run_dir)
     config = load_config(run_dir / "config.yaml")
     class_names = json.loads((run_dir / CLASS_NAMES_FILE).read_text())
     if data_source is None:
@@ -56,12 +53,38 @@ def run_evaluate(run_dir, split="test", data_source=None):
             "accuracy": float(accuracy)}
 
 
-def _run_split(run_dir, config, split):
+def check_run_directory(run_dir):
+    """`run_dir` as a `Path`, checked to hold what `fit` writes.
+
+    Raises:
+        UserError: naming the missing files.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory; pass a run directory written by fit")
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a run directory of `fit` (missing {', '.join(missing)})")
+    return run_dir
+
+
+def load_run_dataset(run_dir, config, remedy="use --data to score it anyway"):
+    """The run's own dataset and splits, checked to be the data it was trained on.
+
+    Raises:
+        UserError: if the data changed since the run (its fingerprint differs); the
+            message ends with `remedy`.
+    """
     dataset = load_dataset(config.data, seed=config.seed)
     recorded = json.loads((run_dir / "metrics.json").read_text()).get("data_fingerprint")
     if recorded and recorded != dataset.fingerprint:
         raise UserError(f"{dataset.description} has changed since {run_dir} was trained; "
-                        "its splits are not the run's splits (use --data to score it anyway)")
+                        f"its splits are not the run's splits ({remedy})")
+    return dataset
+
+
+def _run_split(run_dir, config, split):
+    dataset = load_run_dataset(run_dir, config)
     arrays = {
         "train": (dataset.x_train, dataset.y_train),
         "validation": (dataset.x_val, dataset.y_val),

@@ -61,9 +61,15 @@ def run_fit(config):
     return path, metrics
 
 
-def train_and_test(config, dataset, staging):
+def train_and_test(config, dataset, staging, teacher=None):
     """Trains the configured model on the configured devices, keeps `staging/best.keras`
     and evaluates it once on the test split.
+
+    Args:
+        config: the resolved configuration.
+        dataset: the `app.data.Dataset`.
+        staging: the folder that receives `best.keras`.
+        teacher: a trained model to distil into the configured one (`distill`), or `None`.
 
     Returns:
         `(history, metrics)`: the per-epoch logs and what `metrics.json` holds.
@@ -77,7 +83,13 @@ def train_and_test(config, dataset, staging):
         training_data = devices.shardable(dataset, config.training.batch_size)
         with devices.scope():
             model = build_compiled_model(config, training_data, devices)
-        history, checkpoint, nan_report = train_model(model, config, training_data, staging)
+        trained = model
+        if teacher is not None:
+            from app.distillation import build_distiller
+
+            trained = build_distiller(teacher, model, config.distillation)
+        history, checkpoint, nan_report = train_model(trained, config, training_data, staging,
+                                                      kept_model=model)
     finally:
         stop_distribution(devices)
     train_seconds = time.perf_counter() - started
@@ -187,15 +199,17 @@ def check_model_fits_data(model_config, dataset):
         )
 
 
-def train_model(model, config, dataset, staging, extra_callbacks=()):
+def train_model(model, config, dataset, staging, extra_callbacks=(), kept_model=None):
     """Trains a compiled model with the configured callbacks; keeps `staging/best.keras`.
 
     Args:
-        model: a model from `build_compiled_model`.
+        model: a model from `build_compiled_model` (or a distiller around one).
         config: the resolved configuration.
         dataset: the `app.data.Dataset`; its test split is not used.
         staging: the folder that receives `best.keras`.
         extra_callbacks: more callbacks, run after the configured ones (benchmarks use this).
+        kept_model: the model that `best.keras` holds when it is not `model` (a
+            distiller's student).
 
     Returns:
         `(history, checkpoint, nan_report)`: the per-epoch logs as lists of floats, the
@@ -209,7 +223,7 @@ def train_model(model, config, dataset, staging, extra_callbacks=()):
     from callbacks import BestModelCheckpoint
 
     checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=config.early_stopping.monitor,
-                                     mode=config.early_stopping.mode)
+                                     mode=config.early_stopping.mode, saved_model=kept_model)
     result, nan_report = fit_configured(model, config, dataset,
                                         callbacks=[checkpoint, *extra_callbacks])
     history = {key: [float(value) for value in values] for key, values in result.history.items()}

@@ -28,6 +28,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         filepath: where to save, a `.keras` path.
         monitor: the logged metric to compare, e.g. `"val_loss"`.
         mode: `"min"`, `"max"` or `"auto"` (accuracies are maximised, the rest minimised).
+        saved_model: the model to write instead of the trained one, e.g. the student of a
+            `keras.distillation.Distiller` (not part of the config: give it again when
+            rebuilding).
 
     Example:
 
@@ -38,11 +41,12 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, filepath, monitor="val_loss", mode="auto"):
+    def __init__(self, filepath, monitor="val_loss", mode="auto", saved_model=None):
         super().__init__()
         self.filepath = str(filepath)
         self.monitor = monitor
         self.mode = resolve_mode(monitor, mode)
+        self.saved_model = saved_model
         self.best_epoch = None
         self.best_value = None
 
@@ -59,7 +63,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if not math.isfinite(value) or not self._improves(value):
             return
         self.best_epoch, self.best_value = epoch + 1, value
-        self.model.save(self.filepath)
+        (self.model if self.saved_model is None else self.saved_model).save(self.filepath)
 
     def _improves(self, value):
         if self.best_value is None:

@@ -1,1 +1,35 @@
-"""Core ML export of trained students (see the export issue); nothing is exported yet."""
+"""Core ML export of trained classifiers, and its checks on machines without Core ML.
+
+- `convert`, `set_metadata` (`export.converter`): Keras → ML program classifier.
+- `compress`, `package_size` (`export.compression`): int8 and palettized weights.
+- `ProgramInterpreter` (`export.interpreter`): runs a saved program with NumPy.
+- `verify_package` (`export.verification`): the interpreter against the Keras model.
+- `readiness_report` (`export.ane_report`): static Neural Engine rules.
+
+```python
+mlmodel = convert(model, class_labels, precision="fp16")
+mlmodel.save("student.mlpackage")
+report = verify_package(ProgramInterpreter.from_package("student.mlpackage"), model, x_test,
+                        precision="fp16")
+```
+"""
+
+from export.ane_report import format_report, readiness_report
+from export.compression import COMPRESSIONS, compress, package_size
+from export.converter import PRECISIONS, convert, set_metadata
+from export.interpreter import ProgramInterpreter, UnsupportedOperation
+from export.verification import verify_package
+
+__all__ = [
+    "COMPRESSIONS",
+    "PRECISIONS",
+    "ProgramInterpreter",
+    "UnsupportedOperation",
+    "compress",
+    "convert",
+    "format_report",
+    "package_size",
+    "readiness_report",
+    "set_metadata",
+    "verify_package",
+]

@@ -37,7 +37,7 @@ def run_cli(tmp_path, capfd):
 
     def run(*arguments):
         arguments = list(arguments)
-        if arguments and arguments[0] in ("fit", "tune", "lr-find") and "--resume" not in arguments:
+        if arguments and arguments[0] in ("fit", "tune", "distill", "lr-find") and "--resume" not in arguments:
             arguments += ["--set", f"output.dir={tmp_path / 'runs'}"]
         code = main(arguments)
         captured = capfd.readouterr()  # fd level: includes trial worker processes

@@ -1,0 +1,276 @@
+"""`python -m app export RUN_DIR|MODEL.keras`: a verified Core ML package for Apple devices.
+
+Converts the model (under TensorFlow, whatever backend trained it), optionally compresses its
+weights, saves `<name>.mlpackage`, then checks the saved package on this machine: the NumPy
+interpreter runs its program on held-out data against the Keras model (the gate), and a static
+report rates its readiness for the Neural Engine. Everything is staged and moved into place
+only when the checks pass, so a failed export leaves nothing behind.
+
+```python
+result = run_export("runs/mlp-student-20261122-101500", ExportOptions(compression="int8"))
+result["package"], result["verification"]["max_abs_logit_error"]
+```
+"""
+
+import dataclasses
+import getpass
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from app import __version__
+from app.errors import UserError
+
+# Rows of random inputs that check a bare `.keras` file, which comes without held-out data.
+RANDOM_CHECK_SAMPLES = 64
+
+
+class ExportCheckFailed(Exception):
+    """The saved package failed verification, or `--strict` found Neural Engine errors."""
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """What `export` writes.
+
+    Args:
+        precision: `"fp16"` (default; what the Neural Engine runs) or `"fp32"`.
+        batch_sizes: the batch sizes the package accepts (more than one: enumerated shapes).
+        compression: `None`, `"int8"`, `"palettize6"` or `"palettize4"`.
+        strict: fail when the Neural Engine report has errors.
+        output_dir: where the package goes (default: beside the model).
+        name: the package's name (default: the run's name, with the precision and
+            compression when they are not the defaults).
+        author, license, description, version: the package's metadata.
+    """
+
+    precision: str = "fp16"
+    batch_sizes: tuple = (1,)
+    compression: str | None = None
+    strict: bool = False
+    output_dir: str | None = None
+    name: str | None = None
+    author: str | None = None
+    license: str = "not specified"
+    description: str | None = None
+    version: str = "1.0"
+
+
+@dataclasses.dataclass
+class ExportSource:
+    """The model to export and what is known about it."""
+
+    model_path: Path
+    name: str
+    class_labels: list
+    check_inputs: np.ndarray
+    check_description: str
+    training: dict  # metadata of the training run (empty for a bare .keras file)
+
+
+def run_export(source, options):
+    """Exports, verifies and reports; writes the package and its two JSON reports.
+
+    Args:
+        source: a run directory of `fit`, `tune` or `distill`, or a `.keras` file.
+        options: `ExportOptions`.
+
+    Returns:
+        A dict with the `package` path, its `size_bytes` (and `uncompressed_size_bytes`),
+        the `verification` and `neural_engine` reports.
+
+    Raises:
+        UserError: for a bad source, an unconvertible layer or a missing dependency.
+        ExportCheckFailed: when the package fails verification (or `strict` finds errors);
+            the result is then attached as `args[1]` and nothing is written.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise UserError("export converts through TensorFlow: run it with --backend tensorflow "
+                        "(a model trained on any backend exports)")
+    coreml = _import_coremltools()
+    from export import (compress, convert, package_size, readiness_report, set_metadata,
+                        verify_package)
+    from export.interpreter import ProgramInterpreter, UnsupportedOperation
+
+    import callbacks  # noqa: F401  (registers the project's objects for loading)
+
+    found = _find_source(Path(source))
+    name = options.name or _default_name(found.name, options)
+    output_dir = Path(options.output_dir) if options.output_dir else found.model_path.parent
+    package = output_dir / f"{name}.mlpackage"
+    if package.exists():
+        raise UserError(f"{package} already exists; remove it or pass --name/--output")
+    model = keras.saving.load_model(found.model_path, compile=False)
+    _check_classifier(model, found)
+
+    mlmodel = convert(model, found.class_labels, precision=options.precision,
+                      batch_sizes=options.batch_sizes)
+    set_metadata(mlmodel, **_metadata(found, model, options))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output_dir))
+    try:
+        uncompressed_size = None
+        if options.compression:
+            mlmodel.save(str(staging / "uncompressed.mlpackage"))
+            uncompressed_size = package_size(staging / "uncompressed.mlpackage")
+            shutil.rmtree(staging / "uncompressed.mlpackage")
+            mlmodel = compress(mlmodel, options.compression)
+        staged_package = staging / package.name
+        mlmodel.save(str(staged_package))
+        try:
+            interpreter = ProgramInterpreter.from_package(staged_package)
+        except Exception as error:  # the protobuf and blob readers raise many kinds
+            raise ExportCheckFailed(f"the saved package cannot be read back "
+                                    f"({type(error).__name__}: {error})", None) from None
+        try:
+            verification = verify_package(interpreter, model, found.check_inputs,
+                                          options.precision, options.compression)
+        except UnsupportedOperation as error:
+            raise UserError(f"the package holds an operation the NumPy verifier cannot run "
+                            f"({error}); it was not written") from None
+        verification["data"] = found.check_description
+        result = {
+            "package": str(package),
+            "size_bytes": package_size(staged_package),
+            "uncompressed_size_bytes": uncompressed_size,
+            "precision": options.precision,
+            "compression": options.compression,
+            "batch_sizes": list(options.batch_sizes),
+            "coremltools": coreml.__version__,
+            "verification": verification,
+            "neural_engine": readiness_report(interpreter),
+        }
+        _write_json(result["verification"], staging / f"{name}.verification.json")
+        _write_json(result["neural_engine"], staging / f"{name}.ane.json")
+        failures = _failures(result, options.strict)
+        if failures:
+            raise ExportCheckFailed("; ".join(failures), result)
+        for item in (f"{name}.verification.json", f"{name}.ane.json", package.name):
+            (staging / item).rename(output_dir / item)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _import_coremltools():
+    # Its import warns that the Core ML runtime is missing: true on Linux, and expected.
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    try:
+        import coremltools
+    except ImportError:
+        raise UserError("export needs coremltools: pip install 'efficient-learning[coreml]'") \
+            from None
+    return coremltools
+
+
+def _find_source(path):
+    from app.evaluation import check_run_directory
+
+    if path.suffix == ".keras":
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; pass a .keras file or a run directory")
+        return ExportSource(model_path=path, name=path.stem, class_labels=None,
+                            check_inputs=None, check_description="random inputs", training={})
+    run_dir = check_run_directory(path)
+    return _run_source(run_dir)
+
+
+def _run_source(run_dir):
+    from app.config import load_config
+    from app.evaluation import load_run_dataset
+    from app.training import CLASS_NAMES_FILE
+
+    config = load_config(run_dir / "config.yaml")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dataset = load_run_dataset(run_dir, config, remedy="export the run's best.keras instead")
+    training = {
+        "source_run": run_dir.resolve().name,
+        "config_hash": metrics.get("config_hash"),
+        "test_accuracy": metrics.get("test", {}).get("accuracy"),
+        "training_backend": metrics.get("backend"),
+        "data": dataset.description,
+        "data_fingerprint": metrics.get("data_fingerprint"),
+    }
+    if "distillation" in metrics:
+        distillation = metrics["distillation"]
+        training.update(teacher_run=distillation["teacher_run"],
+                        temperature=distillation["temperature"], alpha=distillation["alpha"])
+    return ExportSource(
+        model_path=run_dir / "best.keras",
+        name=run_dir.resolve().name,
+        class_labels=json.loads((run_dir / CLASS_NAMES_FILE).read_text()),
+        check_inputs=dataset.x_test,
+        check_description=f"test split of {dataset.description}",
+        training={key: value for key, value in training.items() if value is not None},
+    )
+
+
+def _default_name(base, options):
+    suffixes = [options.precision if options.precision != "fp16" else None, options.compression]
+    return "-".join([base, *(suffix for suffix in suffixes if suffix)])
+
+
+def _check_classifier(model, found):
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.output.shape) != 2:
+        raise UserError(f"{found.model_path} must be a classifier with one input and one "
+                        f"(batch, classes) logits output to export; its outputs are "
+                        f"{[tuple(output.shape) for output in model.outputs]}")
+    classes = int(model.output.shape[-1])
+    if found.class_labels is None:
+        found.class_labels = [str(index) for index in range(classes)]
+    if found.check_inputs is None:
+        shape = (RANDOM_CHECK_SAMPLES, *model.input_shape[1:])
+        found.check_inputs = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    if len(found.class_labels) != classes:
+        raise UserError(f"the model has {classes} logits but the run names "
+                        f"{len(found.class_labels)} classes")
+
+
+def _metadata(found, model, options):
+    accuracy = found.training.get("test_accuracy")
+    description = options.description or (
+        f"{model.name}: classifies {len(found.class_labels)} classes"
+        + (f" ({found.training['data']})" if "data" in found.training else "")
+        + (f"; test accuracy {accuracy:.4f}" if accuracy is not None else ""))
+    return {
+        "author": options.author or _user_name(),
+        "license": options.license,
+        "description": description,
+        "version": options.version,
+        "user_defined": {"efficient_learning.version": __version__,
+                         "precision": options.precision,
+                         "compression": options.compression or "none",
+                         **found.training},
+    }
+
+
+def _user_name():
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in some containers
+        return "unknown"
+
+
+def _failures(result, strict):
+    verification = result["verification"]
+    failures = []
+    if not verification["passed"]:
+        failures.append(
+            f"verification failed: max |Δ logit| {verification['max_abs_logit_error']:.3g}, "
+            f"top-1 agreement {verification['top1_agreement']:.4f} "
+            f"(needs {verification['criterion']})")
+    errors = result["neural_engine"]["errors"]
+    if strict and errors:
+        failures.append(f"--strict: {len(errors)} Neural Engine errors "
+                        f"({', '.join(error['rule'] for error in errors)})")
+    return failures
+
+
+def _write_json(data, path):
+    path.write_text(json.dumps(data, indent=2) + "\n")

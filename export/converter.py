@@ -1,0 +1,106 @@
+"""Keras classifier → Core ML ML program, through a TensorFlow concrete function.
+
+coremltools 9.0 converts a Keras 3 model only this way: the model is loaded under the
+TensorFlow backend and traced as a `tf.function`. `ct.convert(keras_model)`, SavedModel
+directories from `model.export()` and the PyTorch backend's traced graphs all fail, so
+whatever backend trained the `.keras` file, the export runs under TensorFlow.
+
+```python
+model = keras.saving.load_model("runs/mlp-student/best.keras", compile=False)
+mlmodel = convert(model, class_labels=["0", "1", ...], precision="fp16", batch_sizes=[1, 8])
+mlmodel.save("mlp-student.mlpackage")
+```
+"""
+
+import numpy as np
+
+from export.unsupported_layers import check_convertible, explain_conversion_error
+
+INPUT_NAME = "input"
+# The program outputs softmax probabilities; the classifier turns them into a label and a
+# label → probability dictionary, which is what Xcode and Vision expect of a classifier.
+LABEL_OUTPUT = "classLabel"
+PROBABILITIES_OUTPUT = "classLabel_probs"
+PRECISIONS = ("fp16", "fp32")
+# iOS 17 / macOS 14: ML programs with fp16 compute, EnumeratedShapes and the compression ops
+# that `coremltools.optimize.coreml` writes for this target.
+DEPLOYMENT_TARGET = "iOS17"
+
+
+def convert(model, class_labels, precision="fp16", batch_sizes=(1,)):
+    """Converts a Keras classifier that outputs logits into a Core ML classifier.
+
+    Args:
+        model: a `keras.Model` loaded under the TensorFlow backend, with one input and one
+            logits output.
+        class_labels: the class names, in the order of the logits.
+        precision: `"fp16"` (what the Neural Engine runs) or `"fp32"`.
+        batch_sizes: the batch sizes the package accepts. One size gives a fixed shape; more
+            give `EnumeratedShapes`, which keep the Neural Engine (open ranges do not).
+
+    Returns:
+        The `coremltools.models.MLModel`, not yet saved.
+
+    Raises:
+        UserError: if a layer cannot be converted (naming it and what to use instead).
+    """
+    import coremltools as ct
+    import tensorflow as tf
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    check_convertible(model)
+    sample_shape = tuple(model.input_shape[1:])
+    batch_sizes = sorted(set(batch_sizes))
+    if len(batch_sizes) == 1:
+        shape = (batch_sizes[0], *sample_shape)
+        trace_shape = shape
+    else:
+        shape = ct.EnumeratedShapes(shapes=[(size, *sample_shape) for size in batch_sizes],
+                                    default=(batch_sizes[0], *sample_shape))
+        trace_shape = (None, *sample_shape)
+
+    @tf.function
+    def probabilities(x):
+        return tf.nn.softmax(model(x, training=False), axis=-1)
+
+    # The TensorSpec's name becomes the Core ML input's name.
+    function = probabilities.get_concrete_function(
+        tf.TensorSpec(trace_shape, tf.float32, name=INPUT_NAME))
+    compute_precision = (ct.precision.FLOAT16 if precision == "fp16"
+                         else ct.precision.FLOAT32)
+    try:
+        return ct.convert(
+            [function],
+            source="tensorflow",
+            convert_to="mlprogram",
+            inputs=[ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
+            classifier_config=ct.ClassifierConfig([str(label) for label in class_labels]),
+            compute_precision=compute_precision,
+            minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+        )
+    except Exception as error:  # coremltools raises bare exceptions of many kinds
+        raise explain_conversion_error(model, error) from error
+
+
+def set_metadata(mlmodel, *, author, license, description, version, user_defined):
+    """Fills the package's metadata, which Xcode shows on the model's page.
+
+    Args:
+        mlmodel: the converted `MLModel`.
+        author: `author` field.
+        license: `license` field.
+        description: `shortDescription`.
+        version: `versionString`.
+        user_defined: more key → value pairs (stringified), e.g. the config hash.
+    """
+    mlmodel.author = author
+    mlmodel.license = license
+    mlmodel.short_description = description
+    mlmodel.version = version
+    for key, value in user_defined.items():
+        mlmodel.user_defined_metadata[key] = str(value)
+    mlmodel.input_description[INPUT_NAME] = "raw features, as the Keras model takes them"
+    mlmodel.output_description[LABEL_OUTPUT] = "most likely class"
+    mlmodel.output_description[PROBABILITIES_OUTPUT] = "probability of each class"
+    return mlmodel

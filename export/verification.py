@@ -1,0 +1,135 @@
+"""The export gate: the saved package, run by the NumPy interpreter, against the Keras model.
+
+The interpreter reads the logits inside the program (the input of the softmax that feeds the
+classifier) and its probabilities, batch by batch, and compares them with the Keras model on
+the same held-out inputs.
+
+Tolerances (on logits, `atol + rtol · max|Keras logit|`) and the top-1 agreement that a
+compressed package must keep are documented in the README:
+
+| package | logits within | top-1 agreement |
+|---|---|---|
+| fp32 | 1e-4 + 1e-5 · scale | — |
+| fp16 | 5e-2 + 1e-2 · scale | — |
+| int8 weights | — | ≥ 0.98 |
+| 6-bit palette | — | ≥ 0.97 |
+| 4-bit palette | — | ≥ 0.90 |
+
+```python
+report = verify_package(ProgramInterpreter.from_package(path), keras_model, x_test,
+                        precision="fp16")
+report["passed"], report["max_abs_logit_error"], report["top1_agreement"]
+```
+"""
+
+import numpy as np
+
+# precision → (atol, rtol) on logits, for uncompressed packages.
+LOGIT_TOLERANCES = {"fp32": (1e-4, 1e-5), "fp16": (5e-2, 1e-2)}
+# Compressed weights change the function itself; what must survive is the decision.
+MIN_TOP1_AGREEMENT = {"int8": 0.98, "palettize6": 0.97, "palettize4": 0.90}
+
+
+def verify_package(interpreter, keras_model, x, precision, compression=None):
+    """Runs the package's program on `x` and compares it with `keras_model`.
+
+    Args:
+        interpreter: an `export.interpreter.ProgramInterpreter` of the saved package.
+        keras_model: the Keras model that was exported (it outputs logits).
+        x: held-out inputs, shaped like the model's input with a batch axis.
+        precision: `"fp16"` or `"fp32"`, the package's compute precision.
+        compression: `None`, `"int8"`, `"palettize6"` or `"palettize4"`.
+
+    Returns:
+        A JSON-ready dict: `samples`, `max_abs_logit_error`, `max_abs_probability_error`,
+        `top1_agreement`, `labels_consistent` (the classifier's label is the argmax),
+        the `criterion` applied and whether the package `passed` it.
+    """
+    expected = np.asarray(keras_model.predict(x, verbose=0, batch_size=256), dtype=np.float64)
+    logits, probabilities, labels = run_classifier(interpreter, x)
+    agreement = float(np.mean(logits.argmax(axis=-1) == expected.argmax(axis=-1)))
+    class_labels = np.asarray(_class_labels(interpreter))
+    expected_probabilities = _softmax(expected)
+    logit_error = float(np.max(np.abs(logits - expected)))
+    report = {
+        "samples": int(len(x)),
+        "precision": precision,
+        "compression": compression,
+        "max_abs_logit_error": logit_error,
+        "max_abs_probability_error": float(np.max(np.abs(probabilities
+                                                          - expected_probabilities))),
+        "top1_agreement": agreement,
+        "labels_consistent": bool(np.all(labels == class_labels[probabilities.argmax(axis=-1)])),
+    }
+    if compression is None:
+        atol, rtol = LOGIT_TOLERANCES[precision]
+        bound = atol + rtol * float(np.max(np.abs(expected)))
+        report["criterion"] = f"max |Δ logit| <= {bound:.3g}"
+        passed = logit_error <= bound
+    else:
+        minimum = MIN_TOP1_AGREEMENT[compression]
+        report["criterion"] = f"top-1 agreement >= {minimum}"
+        passed = agreement >= minimum
+    report["passed"] = bool(passed and report["labels_consistent"]
+                            and np.all(np.isfinite(logits)))
+    return report
+
+
+def run_classifier(interpreter, x):
+    """The program's logits, probabilities and labels for every row of `x`.
+
+    Rows go in batches of the largest size the input accepts (fixed or enumerated; 64
+    for an open range), the last one filled up with copies of its last row.
+    """
+    logits_name, probabilities_name, label_name = _classifier_variables(interpreter)
+    input_name = interpreter.input_names[0]
+    batch = _largest_batch(interpreter, input_name)
+    results = ([], [], [])
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        rows = len(chunk)
+        if rows < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - rows, axis=0)])
+        values = interpreter.run(**{input_name: chunk.astype(np.float32)})
+        for collected, name in zip(results, (logits_name, probabilities_name, label_name)):
+            collected.append(np.asarray(values[name]).reshape(len(chunk), -1)[:rows])
+    logits, probabilities, labels = (np.concatenate(collected) for collected in results)
+    return logits.astype(np.float64), probabilities.astype(np.float64), labels.reshape(-1)
+
+
+def _largest_batch(interpreter, input_name):
+    declared = interpreter.function.inputs[input_name].shape[0]
+    if isinstance(declared, (int, np.integer)):
+        return int(declared)
+    features = [] if interpreter.spec is None else interpreter.spec.description.input
+    for feature in features:
+        shapes = feature.type.multiArrayType.enumeratedShapes.shapes
+        if feature.name == input_name and shapes:
+            return max(shape.shape[0] for shape in shapes)
+    return 64
+
+
+def _classifier_variables(interpreter):
+    """Names of the logits (the softmax's input), the probabilities and the label."""
+    operations = {var.name: op for op in interpreter.operations for var in op.outputs}
+    classify = next((op for op in interpreter.operations if op.op_type == "classify"), None)
+    if classify is None:
+        raise ValueError("the program has no classify operation; export a classifier")
+    var = classify.inputs["probabilities"]
+    while operations[var.name].op_type == "cast":
+        var = operations[var.name].inputs["x"]
+    softmax = operations[var.name]
+    if softmax.op_type != "softmax":
+        raise ValueError(f"the classifier's probabilities come from {softmax.op_type}, "
+                         "not a softmax over logits")
+    return softmax.inputs["x"].name, classify.outputs[1].name, classify.outputs[0].name
+
+
+def _class_labels(interpreter):
+    classify = next(op for op in interpreter.operations if op.op_type == "classify")
+    return [str(label) for label in classify.inputs["classes"].val]
+
+
+def _softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

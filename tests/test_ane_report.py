@@ -1,0 +1,103 @@
+"""The Neural Engine readiness rules, each on a small MIL program that breaks (or keeps) it."""
+
+import logging
+
+import numpy as np
+import pytest
+
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+ct = pytest.importorskip("coremltools")
+from coremltools.converters.mil import Builder as mb  # noqa: E402
+
+from export import ProgramInterpreter, readiness_report  # noqa: E402
+from export.ane_report import format_report  # noqa: E402
+
+
+def report_of(build, shape=(1, 4, 8, 8), dtype="fp16"):
+    """The report of `build(x)`, where `x` is a program input cast to `dtype`."""
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=shape)], opset_version=ct.target.iOS17)
+    def program(x):
+        return build(mb.cast(x=x, dtype=dtype) if dtype != "fp32" else x)
+
+    return readiness_report(ProgramInterpreter(program))
+
+
+def rules(report, level):
+    return [finding["rule"] for finding in report[level]]
+
+
+def conv(x, kernel=3, dilations=(1, 1)):
+    weight = np.ones((4, 4, kernel, kernel), dtype=np.float16 if x.dtype.__name__ == "fp16"
+                     else np.float32)
+    return mb.conv(x=x, weight=weight, dilations=list(dilations), pad_type="same")
+
+
+def test_a_clean_fp16_program_has_no_findings():
+    report = report_of(lambda x: mb.relu(x=conv(x)))
+    assert report["errors"] == [] and report["warnings"] == []
+    assert report["counts"] == {"operations": 3, "transposes": 0, "reshapes": 0}
+    assert "MLComputePlan" in report["note"]
+
+
+def test_fp32_compute_is_an_error():
+    report = report_of(lambda x: mb.relu(x=conv(x)), dtype="fp32")
+    assert rules(report, "errors") == ["fp32_compute"]
+    assert len(report["errors"][0]["operations"]) == 2
+    assert "--precision fp16" in format_report(report)
+
+
+def test_dimensions_over_the_limit_are_errors():
+    report = report_of(lambda x: mb.relu(x=x), shape=(1, 20000))
+    assert rules(report, "errors") == ["dimension_limit"]
+
+
+@pytest.mark.parametrize("build,rule", [
+    (lambda x: conv(x, dilations=(2, 2)), "dilated_convolution"),
+    (lambda x: conv(x, kernel=15), "wide_convolution"),
+    (lambda x: mb.max_pool(x=x, kernel_sizes=[15, 15], strides=[1, 1], pad_type="same"),
+     "large_pooling"),
+    (lambda x: mb.avg_pool(x=x, kernel_sizes=[3, 3], strides=[3, 3], pad_type="valid"),
+     "large_pooling"),
+    (lambda x: mb.upsample_nearest_neighbor(x=x, scale_factor_height=4, scale_factor_width=4),
+     "large_upsampling"),
+    (lambda x: mb.gather(x=x, indices=np.array([0, 2], dtype=np.int32), axis=1),
+     "gather_scatter"),
+    (lambda x: mb.reshape(x=x, shape=mb.shape(x=mb.transpose(x=x, perm=[0, 1, 3, 2]))),
+     "dynamic_reshape"),
+    (lambda x: mb.add(x=mb.cast(x=x, dtype="int32"), y=np.int32(1)), "int32_compute"),
+])
+def test_warnings(build, rule):
+    report = report_of(build)
+    assert rule in rules(report, "warnings")
+    assert report["errors"] == []
+
+
+def test_moderate_settings_pass():
+    report = report_of(lambda x: mb.upsample_nearest_neighbor(
+        x=mb.max_pool(x=conv(x, kernel=13), kernel_sizes=[2, 2], strides=[2, 2],
+                      pad_type="valid"), scale_factor_height=2, scale_factor_width=2))
+    assert report["warnings"] == [] and report["errors"] == []
+
+
+def test_transposes_and_reshapes_are_counted():
+    report = report_of(lambda x: mb.reshape(x=mb.transpose(x=mb.transpose(x=x, perm=[0, 2, 3, 1]),
+                                                           perm=[0, 3, 1, 2]),
+                                            shape=[1, 256]))
+    assert report["counts"]["transposes"] == 2 and report["counts"]["reshapes"] == 1
+    assert "dynamic_reshape" not in rules(report, "warnings")
+
+
+def test_open_range_inputs_are_flagged(tmp_path):
+    from coremltools.converters.mil.mil import get_new_symbol
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(get_new_symbol(), 4))],
+                opset_version=ct.target.iOS17)
+    def program(x):
+        return mb.relu(x=x)
+
+    mlmodel = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                         inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 16), 4))])
+    mlmodel.save(str(tmp_path / "ranged.mlpackage"))
+    report = readiness_report(ProgramInterpreter.from_package(tmp_path / "ranged.mlpackage"))
+    assert "open_range_shape" in rules(report, "warnings")

@@ -1,0 +1,184 @@
+"""`python -m app export`: packages, metadata, compression, the verification gate and --strict.
+
+A model trained on the backend under test is exported through a subprocess (export always
+converts under TensorFlow); the in-process tests need the TensorFlow pass of the suite.
+"""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import BACKEND, FAST, run_subprocess, without_tensorflow_startup_lines
+
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+ct = pytest.importorskip("coremltools")
+
+from export import ProgramInterpreter, package_size  # noqa: E402
+from export.verification import _class_labels  # noqa: E402
+
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="in-process export needs the TensorFlow backend (the subprocess tests cover others)")
+STUDENT = [*FAST, "model.size=student", "output.timestamp=false"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A CNN student trained on the backend under test, on the bundled digits."""
+    from app.cli import main
+
+    runs = tmp_path_factory.mktemp("export") / "runs"
+    arguments = [f"--set={item}" for item in [*STUDENT, "model.architecture=cnn",
+                                              f"output.dir={runs}", "output.name=student"]]
+    assert main(["fit", *arguments]) == 0
+    return runs / "student"
+
+
+def copy_of(run_dir, tmp_path):
+    target = tmp_path / run_dir.name
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def test_a_model_trained_on_this_backend_exports_with_labels_and_metadata(trained_run, tmp_path):
+    run_dir = copy_of(trained_run, tmp_path)
+    result = run_subprocess(["-m", "app", "export", str(run_dir), "--batch", "1,4",
+                             "--author", "Ada", "--license", "MIT"], timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert without_tensorflow_startup_lines(result.stderr).count("error") == 0
+    package = run_dir / "student.mlpackage"
+    verification = json.loads((run_dir / "student.verification.json").read_text())
+    report = json.loads((run_dir / "student.ane.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    assert verification["passed"] and verification["samples"] == metrics["samples"]["test"]
+    assert verification["max_abs_logit_error"] < 5e-2
+    assert verification["top1_agreement"] >= 0.99
+    assert report["errors"] == [] and "MLComputePlan" in report["note"]
+    assert "verification      passed" in result.stdout
+
+    spec = ct.utils.load_spec(str(package))
+    metadata = spec.description.metadata
+    assert (metadata.author, metadata.license, metadata.versionString) == ("Ada", "MIT", "1.0")
+    assert f"test accuracy {metrics['test']['accuracy']:.4f}" in metadata.shortDescription
+    user = dict(metadata.userDefined)
+    assert user["config_hash"] == metrics["config_hash"]
+    assert float(user["test_accuracy"]) == pytest.approx(metrics["test"]["accuracy"])
+    assert user["training_backend"] == BACKEND
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert spec.description.input[0].type.multiArrayType.dataType == \
+        ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    classes = json.loads((run_dir / "classes.json").read_text())
+    assert _class_labels(ProgramInterpreter.from_package(package)) == [str(c) for c in classes]
+
+
+def test_export_refuses_another_backend_and_bad_sources(tmp_path):
+    result = run_subprocess(["-m", "app", "--backend", "jax", "export", str(tmp_path)])
+    assert result.returncode == 2
+    assert "export converts through TensorFlow" in result.stderr
+    result = run_subprocess(["-m", "app", "export", str(tmp_path / "missing.keras")])
+    assert result.returncode == 2
+    assert without_tensorflow_startup_lines(result.stderr).strip() == \
+        f"error: {tmp_path / 'missing.keras'} does not exist; pass a .keras file or a run directory"
+
+
+@tensorflow_only
+@pytest.mark.parametrize("mode", ["int8", "palettize6", "palettize4"])
+def test_compression_shrinks_the_package_and_keeps_the_decisions(mode, trained_run, tmp_path,
+                                                                 run_cli):
+    run_dir = copy_of(trained_run, tmp_path)
+    code, out, err = run_cli("export", str(run_dir), "--compress", mode)
+    assert code == 0, err
+    verification = json.loads((run_dir / f"student-{mode}.verification.json").read_text())
+    assert verification["passed"] and verification["compression"] == mode
+    interpreter = ProgramInterpreter.from_package(run_dir / f"student-{mode}.mlpackage")
+    decompressors = {op.op_type for op in interpreter.operations
+                     if op.op_type.startswith("constexpr_")}
+    assert decompressors == ({"constexpr_affine_dequantize"} if mode == "int8"
+                             else {"constexpr_lut_to_dense"})
+    assert f"({mode}; uncompressed" in out
+    code, out, err = run_cli("export", str(run_dir))
+    assert code == 0, err
+    assert (package_size(run_dir / f"student-{mode}.mlpackage")
+            < package_size(run_dir / "student.mlpackage"))
+
+
+def zero_the_weights(blob):
+    """The weight blob with every weight's data set to zero (its headers intact).
+
+    Each weight's metadata starts with the sentinel 0xDEADBEEF, then its dtype (uint32),
+    size in bytes (uint64) and the offset of its data (uint64).
+    """
+    blob = bytearray(blob)
+    sentinel = (0xDEADBEEF).to_bytes(4, "little")
+    start = blob.find(sentinel)
+    while start >= 0:
+        size = int.from_bytes(blob[start + 8:start + 16], "little")
+        offset = int.from_bytes(blob[start + 16:start + 24], "little")
+        blob[offset:offset + size] = bytes(size)
+        start = blob.find(sentinel, start + 4)
+    return bytes(blob)
+
+
+def truncated(blob):
+    return blob[:len(blob) // 2]
+
+
+@tensorflow_only
+@pytest.mark.parametrize("corrupt,message", [
+    (zero_the_weights, "error: verification failed: max |Δ logit|"),
+    (truncated, "error: the saved package cannot be read back"),
+])
+def test_a_corrupted_package_fails_the_gate_and_nothing_is_written(
+        corrupt, message, trained_run, tmp_path, run_cli, monkeypatch):
+    run_dir = copy_of(trained_run, tmp_path)
+    load = ProgramInterpreter.from_package.__func__
+
+    def corrupt_then_load(cls, path):
+        weights = next((path / "Data").rglob("weight.bin"))
+        weights.write_bytes(corrupt(weights.read_bytes()))
+        return load(cls, path)
+
+    monkeypatch.setattr(ProgramInterpreter, "from_package", classmethod(corrupt_then_load))
+    before = sorted(path.name for path in run_dir.iterdir())
+    code, out, err = run_cli("export", str(run_dir))
+    assert code == 1
+    error = err.strip().splitlines()[-1]  # after coremltools' progress bars
+    assert error.startswith(message) and error.endswith("nothing was written"), err
+    assert sorted(path.name for path in run_dir.iterdir()) == before
+
+
+@tensorflow_only
+def test_strict_fails_on_neural_engine_errors(trained_run, tmp_path, run_cli):
+    run_dir = copy_of(trained_run, tmp_path)
+    before = sorted(path.name for path in run_dir.iterdir())
+    code, out, err = run_cli("export", str(run_dir), "--precision", "fp32", "--strict")
+    assert code == 1
+    assert "operations compute in fp32" in out
+    assert "--strict: 1 Neural Engine errors (fp32_compute)" in err
+    assert sorted(path.name for path in run_dir.iterdir()) == before
+    # Without --strict the same export is written, with the error in its report.
+    code, out, err = run_cli("export", str(run_dir), "--precision", "fp32")
+    assert code == 0, err
+    report = json.loads((run_dir / "student-fp32.ane.json").read_text())
+    assert [error["rule"] for error in report["errors"]] == ["fp32_compute"]
+    verification = json.loads((run_dir / "student-fp32.verification.json").read_text())
+    assert verification["max_abs_logit_error"] < 1e-4
+
+
+@tensorflow_only
+def test_a_keras_file_exports_beside_itself_checked_on_random_inputs(trained_run, tmp_path,
+                                                                    run_cli):
+    model_path = tmp_path / "digits.keras"
+    shutil.copy(trained_run / "best.keras", model_path)
+    code, out, err = run_cli("export", str(model_path), "--name", "Digits")
+    assert code == 0, err
+    assert (tmp_path / "Digits.mlpackage").is_dir()
+    verification = json.loads((tmp_path / "Digits.verification.json").read_text())
+    assert verification["data"] == "random inputs" and verification["passed"]
+    # A second export to the same name is refused before any work.
+    code, out, err = run_cli("export", str(model_path), "--name", "Digits")
+    assert code == 2 and "already exists" in err
