@@ -138,7 +138,8 @@ def build_parser():
                         help="compress the weights: int8, palettize6 or palettize4")
     export.add_argument("--strict", action="store_true",
                         help="fail when the Neural Engine report has errors")
-    export.add_argument("--output", metavar="DIR", help="where to write (default: beside the model)")
+    export.add_argument("--output", metavar="DIR",
+                        help="where to write (default: beside the model)")
     export.add_argument("--name", help="package name (default: the run's name)")
     export.add_argument("--author", help="metadata: author (default: your user name)")
     export.add_argument("--license", default="not specified", help="metadata: license")

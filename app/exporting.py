@@ -24,6 +24,7 @@ import numpy as np
 
 from app import __version__
 from app.errors import UserError
+from app.reporting import write_json
 
 # Rows of random inputs that check a bare `.keras` file, which comes without held-out data.
 RANDOM_CHECK_SAMPLES = 64
@@ -93,10 +94,8 @@ def run_export(source, options):
     if keras.backend.backend() != "tensorflow":
         raise UserError("export converts through TensorFlow: run it with --backend tensorflow "
                         "(a model trained on any backend exports)")
-    coreml = _import_coremltools()
-    from export import (compress, convert, package_size, readiness_report, set_metadata,
-                        verify_package)
-    from export.interpreter import ProgramInterpreter, UnsupportedOperation
+    _import_coremltools()
+    from export import convert, set_metadata
 
     import callbacks  # noqa: F401  (registers the project's objects for loading)
 
@@ -115,39 +114,8 @@ def run_export(source, options):
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output_dir))
     try:
-        uncompressed_size = None
-        if options.compression:
-            mlmodel.save(str(staging / "uncompressed.mlpackage"))
-            uncompressed_size = package_size(staging / "uncompressed.mlpackage")
-            shutil.rmtree(staging / "uncompressed.mlpackage")
-            mlmodel = compress(mlmodel, options.compression)
-        staged_package = staging / package.name
-        mlmodel.save(str(staged_package))
-        try:
-            interpreter = ProgramInterpreter.from_package(staged_package)
-        except Exception as error:  # the protobuf and blob readers raise many kinds
-            raise ExportCheckFailed(f"the saved package cannot be read back "
-                                    f"({type(error).__name__}: {error})", None) from None
-        try:
-            verification = verify_package(interpreter, model, found.check_inputs,
-                                          options.precision, options.compression)
-        except UnsupportedOperation as error:
-            raise UserError(f"the package holds an operation the NumPy verifier cannot run "
-                            f"({error}); it was not written") from None
-        verification["data"] = found.check_description
-        result = {
-            "package": str(package),
-            "size_bytes": package_size(staged_package),
-            "uncompressed_size_bytes": uncompressed_size,
-            "precision": options.precision,
-            "compression": options.compression,
-            "batch_sizes": list(options.batch_sizes),
-            "coremltools": coreml.__version__,
-            "verification": verification,
-            "neural_engine": readiness_report(interpreter),
-        }
-        _write_json(result["verification"], staging / f"{name}.verification.json")
-        _write_json(result["neural_engine"], staging / f"{name}.ane.json")
+        result = _save_and_check(mlmodel, model, found, options, staging / package.name)
+        result["package"] = str(package)
         failures = _failures(result, options.strict)
         if failures:
             raise ExportCheckFailed("; ".join(failures), result)
@@ -155,6 +123,50 @@ def run_export(source, options):
             (staging / item).rename(output_dir / item)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _save_and_check(mlmodel, model, found, options, path):
+    """Compresses (optionally) and saves the package at `path`, reads it back, verifies it and
+    rates it; writes both reports beside it. Returns the result without its final path."""
+    import coremltools
+
+    from export import compress, package_size, readiness_report, verify_package
+    from export.interpreter import ProgramInterpreter, UnsupportedOperation
+
+    uncompressed_size = None
+    if options.compression:
+        uncompressed = path.with_name("uncompressed.mlpackage")
+        mlmodel.save(str(uncompressed))
+        uncompressed_size = package_size(uncompressed)
+        shutil.rmtree(uncompressed)
+        mlmodel = compress(mlmodel, options.compression)
+    mlmodel.save(str(path))
+    try:
+        interpreter = ProgramInterpreter.from_package(path)
+    except Exception as error:  # the protobuf and blob readers raise many kinds
+        raise ExportCheckFailed(f"the saved package cannot be read back "
+                                f"({type(error).__name__}: {error})", None) from None
+    try:
+        verification = verify_package(interpreter, model, found.check_inputs,
+                                      options.precision, options.compression)
+    except UnsupportedOperation as error:
+        raise UserError(f"the package holds an operation the NumPy verifier cannot run "
+                        f"({error}); it was not written") from None
+    verification["data"] = found.check_description
+    result = {
+        "size_bytes": package_size(path),
+        "uncompressed_size_bytes": uncompressed_size,
+        "precision": options.precision,
+        "compression": options.compression,
+        "batch_sizes": list(options.batch_sizes),
+        "coremltools": coremltools.__version__,
+        "verification": verification,
+        "neural_engine": readiness_report(interpreter),
+    }
+    name = path.stem
+    write_json(result["verification"], path.with_name(f"{name}.verification.json"))
+    write_json(result["neural_engine"], path.with_name(f"{name}.ane.json"))
     return result
 
 
@@ -270,7 +282,3 @@ def _failures(result, strict):
         failures.append(f"--strict: {len(errors)} Neural Engine errors "
                         f"({', '.join(error['rule'] for error in errors)})")
     return failures
-
-
-def _write_json(data, path):
-    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -5,8 +5,8 @@ default MLP teacher (2×256) once on the bundled digits, then for each seed and 
 (temperature, α) setting runs `distill`: a capacity-limited student (one hidden layer of
 `--width` units) trained from the labels alone and by distillation, with the same budget
 (100 epochs, early stopping on `--monitor`: the validation loss, which for the distilled
-run is the distillation loss, or the validation accuracy), the same initial weights and the teacher's
-splits. Prints each run and the mean ± standard deviation of the test accuracies.
+run is the distillation loss, or the validation accuracy), the same initial weights and the
+teacher's splits. Prints each run and the mean ± standard deviation of the test accuracies.
 """
 
 import argparse

@@ -76,7 +76,8 @@ def main():
                 print(f"| cnn {size} (test acc {metrics['test']['accuracy']:.3f}) "
                       f"| {metrics['parameters']:,} | {row['precision']} | {row['compression']} "
                       f"| {row['bytes'] / 1024:.1f} | {row['bytes'] / rows[0]['bytes']:.2f} "
-                      f"| {row['max_abs_logit_error']:.2g} | {row['max_abs_probability_error']:.2g} "
+                      f"| {row['max_abs_logit_error']:.2g} "
+                      f"| {row['max_abs_probability_error']:.2g} "
                       f"| {row['top1_agreement']:.4f} | {'yes' if row['passed'] else 'NO'} "
                       f"| {row['seconds']:.1f} |", flush=True)
 

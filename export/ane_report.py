@@ -21,6 +21,8 @@ report["errors"], report["warnings"], report["counts"]
 
 import numpy as np
 
+from export.interpreter import input_vars
+
 # Operations that only move data or that Core ML handles outside the compute graph.
 BOOKKEEPING_OPS = {"const", "cast", "classify"}
 FALLBACK_OPS = {
@@ -144,17 +146,12 @@ def _open_range(interpreter, operations):
               and feature.type.multiArrayType.WhichOneof("ShapeFlexibility") == "shapeRange"]
     # The finding names the operations that read an open-range input.
     return [op for op in operations
-            if any(getattr(var, "name", None) in ranged for var in _inputs(op))]
+            if any(var.name in ranged for var in input_vars(op))]
 
 
 def _computed(var):
     """Whether `var` is computed at run time (not a constant, even a symbolic one)."""
     return var.op is None or var.op.op_type != "const"
-
-
-def _inputs(op):
-    for value in op.inputs.values():
-        yield from (value if isinstance(value, (list, tuple)) else (value,))
 
 
 def _dilated(op):

@@ -27,6 +27,9 @@ class UnsupportedOperation(Exception):
 class ProgramInterpreter:
     """Evaluates one function of a MIL program with NumPy.
 
+    The interpreter owns the program: `value_inference` reads its inputs from the program's
+    variables, so each run writes the values it computes into them.
+
     Args:
         program: a `coremltools.converters.mil.Program` (from `from_package`, or built
             with `coremltools.converters.mil.Builder`).
@@ -39,6 +42,11 @@ class ProgramInterpreter:
         self.program = program
         self.function = program.functions[function_name]
         self.spec = spec
+        # Constants that mention a flexible dimension, kept before any run writes values
+        # into the program's variables (which is how `value_inference` reads its inputs).
+        self._symbolic_constants = {
+            op.outputs[0].name: op.outputs[0].sym_val for op in self.function.operations
+            if op.op_type == "const" and op.outputs[0].val is None}
 
     @classmethod
     def from_package(cls, path):
@@ -96,8 +104,10 @@ class ProgramInterpreter:
 
     def _evaluate(self, op, values, sizes):
         if op.op_type == "const":
-            var = op.outputs[0]
-            return var.val if var.val is not None else _substitute(var.sym_val, sizes)
+            name = op.outputs[0].name
+            if name in self._symbolic_constants:
+                return _substitute(self._symbolic_constants[name], sizes)
+            return op.outputs[0].val
         if op.op_type == "shape":
             return np.array(values[op.inputs["x"].name].shape, dtype=np.int32)
         if op.op_type.startswith("constexpr_"):
@@ -109,8 +119,8 @@ class ProgramInterpreter:
 
         if type(op).value_inference is Operation.value_inference:
             raise UnsupportedOperation(f"{op.op_type} in {op.name!r}")
-        for var in _input_vars(op):
-            if var.op is None or var.op.op_type != "const":
+        for var in input_vars(op):
+            if var.op is None or var.op.op_type != "const" or var.name in self._symbolic_constants:
                 _set_value(var, values[var.name])
         return op.value_inference()
 
@@ -130,17 +140,15 @@ def _substitute(symbolic, sizes):
                     dtype=np.int32).reshape(array.shape)
 
 
-def _input_vars(op):
+def input_vars(op):
+    """Every variable that `op` reads, variadic inputs (e.g. `concat`'s values) flattened."""
     for value in op.inputs.values():
         yield from (value if isinstance(value, (list, tuple)) else (value,))
 
 
 def _input_values(op, values):
-    def value_of(var):
-        return values[var.name] if var.name in values else var.val
-
-    return {name: (tuple(value_of(v) for v in value) if isinstance(value, (list, tuple))
-                   else value_of(value))
+    return {name: (tuple(values[var.name] for var in value) if isinstance(value, (list, tuple))
+                   else values[value.name])
             for name, value in op.inputs.items()}
 
 

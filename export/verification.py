@@ -48,18 +48,16 @@ def verify_package(interpreter, keras_model, x, precision, compression=None):
     expected = np.asarray(keras_model.predict(x, verbose=0, batch_size=256), dtype=np.float64)
     logits, probabilities, labels = run_classifier(interpreter, x)
     agreement = float(np.mean(logits.argmax(axis=-1) == expected.argmax(axis=-1)))
-    class_labels = np.asarray(_class_labels(interpreter))
-    expected_probabilities = _softmax(expected)
+    argmax_labels = np.asarray(class_labels(interpreter))[probabilities.argmax(axis=-1)]
     logit_error = float(np.max(np.abs(logits - expected)))
     report = {
         "samples": int(len(x)),
         "precision": precision,
         "compression": compression,
         "max_abs_logit_error": logit_error,
-        "max_abs_probability_error": float(np.max(np.abs(probabilities
-                                                          - expected_probabilities))),
+        "max_abs_probability_error": float(np.max(np.abs(probabilities - _softmax(expected)))),
         "top1_agreement": agreement,
-        "labels_consistent": bool(np.all(labels == class_labels[probabilities.argmax(axis=-1)])),
+        "labels_consistent": bool(np.all(labels == argmax_labels)),
     }
     if compression is None:
         atol, rtol = LOGIT_TOLERANCES[precision]
@@ -125,7 +123,8 @@ def _classifier_variables(interpreter):
     return softmax.inputs["x"].name, classify.outputs[1].name, classify.outputs[0].name
 
 
-def _class_labels(interpreter):
+def class_labels(interpreter):
+    """The class labels that the program's classifier outputs, as strings."""
     classify = next(op for op in interpreter.operations if op.op_type == "classify")
     return [str(label) for label in classify.inputs["classes"].val]
 

@@ -85,10 +85,10 @@ def teacher_run(tmp_path_factory):
 
 
 def test_distill_writes_teacher_scratch_and_distilled_side_by_side(teacher_run, run_cli, runs_dir):
-    code, out, err = run_cli("distill", "--teacher", str(teacher_run), *sum(
-        (["--set", item] for item in [*FAST, "seed=3", "output.timestamp=false",
-                                      "output.name=distilled"]), []),
-        "--temperature", "3", "--alpha", "0.2")
+    settings = [*FAST, "seed=3", "output.timestamp=false", "output.name=distilled"]
+    code, out, err = run_cli("distill", "--teacher", str(teacher_run),
+                             *[part for item in settings for part in ("--set", item)],
+                             "--temperature", "3", "--alpha", "0.2")
     assert code == 0, err
     run_dir = runs_dir / "distilled"
     metrics = json.loads((run_dir / "metrics.json").read_text())

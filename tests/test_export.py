@@ -17,7 +17,7 @@ logging.getLogger("coremltools").setLevel(logging.ERROR)
 ct = pytest.importorskip("coremltools")
 
 from export import ProgramInterpreter, package_size  # noqa: E402
-from export.verification import _class_labels  # noqa: E402
+from export.verification import class_labels  # noqa: E402
 
 tensorflow_only = pytest.mark.skipif(
     BACKEND != "tensorflow",
@@ -72,7 +72,7 @@ def test_a_model_trained_on_this_backend_exports_with_labels_and_metadata(traine
     assert spec.description.input[0].type.multiArrayType.dataType == \
         ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
     classes = json.loads((run_dir / "classes.json").read_text())
-    assert _class_labels(ProgramInterpreter.from_package(package)) == [str(c) for c in classes]
+    assert class_labels(ProgramInterpreter.from_package(package)) == [str(c) for c in classes]
 
 
 def test_export_refuses_another_backend_and_bad_sources(tmp_path):
