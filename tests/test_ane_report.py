@@ -73,6 +73,22 @@ def test_warnings(build, rule):
     assert report["errors"] == []
 
 
+def test_recurrent_cells_fall_back():
+    zeros = np.zeros((1, 4), np.float16)
+    report = report_of(lambda x: mb.lstm(
+        x=x, initial_h=zeros, initial_c=zeros, weight_ih=np.ones((16, 3), np.float16),
+        weight_hh=np.ones((16, 4), np.float16))[0], shape=(5, 1, 3))
+    assert rules(report, "warnings") == ["recurrent_cell"]
+
+
+def test_control_flow_falls_back():
+    def build(x):
+        return mb.while_loop(_cond=lambda v: mb.less(x=mb.reduce_sum(x=v), y=np.float16(100)),
+                             _body=lambda v: [mb.mul(x=v, y=np.float16(2))], loop_vars=[x])
+
+    assert "control_flow" in rules(report_of(build, shape=(1, 4)), "warnings")
+
+
 def test_moderate_settings_pass():
     report = report_of(lambda x: mb.upsample_nearest_neighbor(
         x=mb.max_pool(x=conv(x, kernel=13), kernel_sizes=[2, 2], strides=[2, 2],

@@ -199,3 +199,14 @@ def test_recurrent_layers_must_be_unrolled():
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LSTM(4, name="memory")(inputs)))
     with pytest.raises(UserError, match="layer 'memory' is recurrent.*unroll=True"):
         convert(model, ["a", "b"])
+
+
+def test_a_failed_conversion_is_explained_in_keras_terms():
+    inputs = keras.Input((4,))
+    logits = keras.layers.Dense(3)(inputs)
+    picked = keras.layers.Lambda(
+        lambda t: keras.ops.one_hot(keras.ops.argmax(t, axis=-1), 3))(logits)
+    model = keras.Model(inputs, keras.layers.Dense(2)(picked), name="picker")
+    with pytest.raises(UserError, match="Core ML cannot convert 'picker': it contains "
+                                        "keras.ops.argmax inside the model"):
+        convert(model, ["a", "b"])
