@@ -90,6 +90,8 @@ def run_distill(config, teacher_dir):
 
     import keras
 
+    import callbacks  # noqa: F401  (registers the schedules and losses a teacher may hold)
+
     teacher = keras.saving.load_model(teacher_dir / "best.keras")
     teacher_loss, teacher_accuracy = teacher.evaluate(
         dataset.x_test, dataset.y_test, batch_size=config.training.batch_size, verbose=0)
@@ -121,14 +123,15 @@ def run_distill(config, teacher_dir):
 
 def _with_teacher_data(config, teacher_config):
     """`config` on the teacher's data and splits (`data.split_seed` pins them)."""
-    if config.data not in (DataConfig(), teacher_config.data):
-        raise UserError("distill trains on the teacher's data and splits; drop the data "
-                        "section from the student's configuration")
     teacher_data = teacher_config.data
     split_seed = (teacher_data.split_seed if teacher_data.split_seed is not None
                   else teacher_config.seed)
-    return dataclasses.replace(config, data=dataclasses.replace(teacher_data,
-                                                                split_seed=split_seed))
+    data = dataclasses.replace(teacher_data, split_seed=split_seed)
+    # A distilled run's own config.yaml holds exactly `data`, so it can be run again.
+    if config.data not in (DataConfig(), teacher_data, data):
+        raise UserError("distill trains on the teacher's data and splits; drop the data "
+                        "section from the student's configuration")
+    return dataclasses.replace(config, data=data)
 
 
 def _check_supported(config):

@@ -78,7 +78,10 @@ def teacher_run(tmp_path_factory):
     from app.cli import main
 
     runs = tmp_path_factory.mktemp("distill") / "runs"
+    # A teacher with a schedule and a smoothed loss from `callbacks`, as real ones have.
     arguments = [f"--set={item}" for item in [*FAST, "output.timestamp=false", "seed=7",
+                                              "schedule.name=cosine",
+                                              "training.label_smoothing=0.1",
                                               f"output.dir={runs}", "output.name=teacher"]]
     assert main(["fit", *arguments]) == 0
     return runs / "teacher"
@@ -113,6 +116,11 @@ def test_distill_writes_teacher_scratch_and_distilled_side_by_side(teacher_run, 
     assert metrics["samples"] == teacher_metrics["samples"]
     code, out, err = run_cli("evaluate", str(run_dir))
     assert code == 0 and f"accuracy {metrics['test']['accuracy']:.4f}" in out
+    # Its config.yaml (the teacher's data, pinned) is accepted by distill again.
+    code, out, err = run_cli("distill", "--teacher", str(teacher_run), "--config",
+                             str(run_dir / "config.yaml"), "--set", "training.epochs=1",
+                             "--set", "output.name=again")
+    assert code == 0, err
     # best.keras is the student alone, and it exports (under TensorFlow, from this backend).
     assert keras.saving.load_model(run_dir / "best.keras").count_params() == metrics["parameters"]
     result = run_subprocess(["-m", "app", "export", str(run_dir)], timeout=600)
