@@ -351,9 +351,14 @@ def _evaluate(arguments):
 
 
 def _export_backend(arguments):
+    from app.backend import is_installed
+
     if arguments.backend not in (None, "tensorflow"):
         raise UserError(f"export converts through TensorFlow; drop --backend "
                         f"{arguments.backend} (a model trained on any backend exports)")
+    if not is_installed("tensorflow"):
+        raise UserError("export converts through TensorFlow and coremltools: "
+                        "pip install 'efficient-learning[coreml]'")
     return "tensorflow"
 
 

@@ -182,3 +182,15 @@ def test_a_keras_file_exports_beside_itself_checked_on_random_inputs(trained_run
     # A second export to the same name is refused before any work.
     code, out, err = run_cli("export", str(model_path), "--name", "Digits")
     assert code == 2 and "already exists" in err
+
+
+def test_export_without_tensorflow_says_what_to_install(run_cli, monkeypatch, tmp_path):
+    import app.backend
+
+    installed = app.backend.is_installed
+    monkeypatch.setattr(app.backend, "is_installed",
+                        lambda name: name != "tensorflow" and installed(name))
+    code, out, err = run_cli("export", str(tmp_path))
+    assert code == 2
+    assert err == ("error: export converts through TensorFlow and coremltools: "
+                   "pip install 'efficient-learning[coreml]'\n")
