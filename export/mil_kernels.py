@@ -61,7 +61,9 @@ def conv_transpose(op, inputs):
             result[target][:, group * per_group_out:(group + 1) * per_group_out] += np.einsum(
                 "nc...,co->no...", inside, w)
     out_size = op.outputs[0].shape[2:]
-    crops = _transpose_crops(inputs, full, out_size, x.shape[2:], strides)
+    # The padding of the forward convolution is cropped from the full result.
+    crops = [begin for begin, _ in _split_padding(
+        inputs, len(full), lambda: [f - size for f, size in zip(full, out_size)])]
     result = result[(slice(None), slice(None),
                      *(slice(begin, begin + size) for begin, size in zip(crops, out_size)))]
     return _with_bias(result, inputs.get("bias"))
@@ -190,20 +192,27 @@ def _spatial(inputs, name, x):
 
 
 def _padding(inputs, kernel, input_size, strides, dilations):
-    """(before, after) padding per spatial axis for MIL's `pad_type`."""
+    """(before, after) padding per spatial axis of a convolution or pooling window."""
     from coremltools.converters.mil.mil.ops.defs._utils import aggregated_pad
 
+    return _split_padding(inputs, len(kernel), lambda: aggregated_pad(
+        str(inputs["pad_type"]), list(kernel), list(input_size), list(strides),
+        list(dilations)))
+
+
+def _split_padding(inputs, rank, same_totals):
+    """(before, after) per spatial axis for MIL's `pad_type`: `custom` reads `pad`, `valid`
+    is none, and `same` (extra row after) or `same_lower` (extra row before) split the
+    totals that `same_totals()` computes."""
     pad_type = str(inputs.get("pad_type", "valid"))
     if pad_type == "custom":
         pad = [int(p) for p in inputs["pad"]]
         return list(zip(pad[0::2], pad[1::2]))
     if pad_type == "valid":
-        return [(0, 0)] * len(kernel)
-    totals = aggregated_pad(pad_type, list(kernel), list(input_size), list(strides),
-                            list(dilations))
+        return [(0, 0)] * rank
     if pad_type == "same":
-        return [(total // 2, total - total // 2) for total in totals]
-    return [(total - total // 2, total // 2) for total in totals]  # same_lower
+        return [(total // 2, total - total // 2) for total in same_totals()]
+    return [(total - total // 2, total // 2) for total in same_totals()]  # same_lower
 
 
 def _pad(x, padding, value):
@@ -230,18 +239,6 @@ def _scale_and_shift(normalised, inputs):
     if inputs.get("beta") is not None:
         normalised = normalised + inputs["beta"].reshape(shape)
     return normalised
-
-
-def _transpose_crops(inputs, full, out_size, input_size, strides):
-    pad_type = str(inputs.get("pad_type", "valid"))
-    if pad_type == "custom":
-        return [int(p) for p in inputs["pad"]][0::2]
-    if pad_type == "valid":
-        return [0] * len(full)
-    totals = [f - size for f, size in zip(full, out_size)]
-    if pad_type == "same":
-        return [total // 2 for total in totals]
-    return [total - total // 2 for total in totals]
 
 
 def _pool(inputs, reducer):

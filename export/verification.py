@@ -110,9 +110,7 @@ def _largest_batch(interpreter, input_name):
 def _classifier_variables(interpreter):
     """Names of the logits (the softmax's input), the probabilities and the label."""
     operations = {var.name: op for op in interpreter.operations for var in op.outputs}
-    classify = next((op for op in interpreter.operations if op.op_type == "classify"), None)
-    if classify is None:
-        raise ValueError("the program has no classify operation; export a classifier")
+    classify = _classify_op(interpreter)
     var = classify.inputs["probabilities"]
     while operations[var.name].op_type == "cast":
         var = operations[var.name].inputs["x"]
@@ -125,8 +123,14 @@ def _classifier_variables(interpreter):
 
 def class_labels(interpreter):
     """The class labels that the program's classifier outputs, as strings."""
-    classify = next(op for op in interpreter.operations if op.op_type == "classify")
-    return [str(label) for label in classify.inputs["classes"].val]
+    return [str(label) for label in _classify_op(interpreter).inputs["classes"].val]
+
+
+def _classify_op(interpreter):
+    classify = next((op for op in interpreter.operations if op.op_type == "classify"), None)
+    if classify is None:
+        raise ValueError("the program has no classify operation; export a classifier")
+    return classify
 
 
 def _softmax(logits):
