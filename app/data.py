@@ -63,6 +63,11 @@ class Dataset:
     def num_classes(self):
         return len(self.class_names)
 
+    def split(self, name):
+        """`(features, labels)` of the `"train"`, `"validation"` or `"test"` split."""
+        return {"train": (self.x_train, self.y_train), "validation": (self.x_val, self.y_val),
+                "test": (self.x_test, self.y_test)}[name]
+
     def majority_baseline(self):
         """Test accuracy of always predicting the most frequent training class."""
         majority_class = np.bincount(self.y_train, minlength=self.num_classes).argmax()

@@ -1,4 +1,4 @@
-"""`python -m app doctor`: the debugging checklist of a new model, run on the configured one.
+"""The debugging checklist of a new model (`python -m app doctor`), run on the configured one.
 
 Each check prints one line with ✓ or ✗ and, when it fails, what to look at:
 
@@ -37,13 +37,13 @@ def run_doctor(config):
     import keras
 
     from app.data import load_dataset
-    from app.optimizers import default_learning_rate
-    from app.training import build_compiled_model, check_model_fits_data, resolve
+    from app.engine import build_compiled_model, check_model_fits_data, resolve_config
+    from app.tables.optimizers import default_learning_rate
     from callbacks.gradients import loss_and_gradients
 
     dataset = load_dataset(config.data, seed=config.seed)
     check_model_fits_data(config.model, dataset)
-    config = resolve(config, "doctor")
+    config = resolve_config(config, "doctor")
     if config.schedule.lr == "auto":  # the finder is not what is being checked here
         config = dataclasses.replace(config, schedule=dataclasses.replace(
             config.schedule, lr=default_learning_rate(config.optimizer.name)))

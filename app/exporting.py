@@ -1,4 +1,4 @@
-"""`python -m app export RUN_DIR|MODEL.keras`: a verified Core ML package for Apple devices.
+"""Exporting a run's model as a verified Core ML package (`python -m app export`).
 
 Converts the model (under TensorFlow, whatever backend trained it), optionally compresses its
 weights, saves `<name>.mlpackage`, then checks the saved package on this machine: the NumPy
@@ -14,10 +14,8 @@ result["package"], result["verification"]["max_abs_logit_error"]
 
 import dataclasses
 import getpass
-import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ import numpy as np
 from app import __version__
 from app.errors import UserError
 from app.reporting import write_json
+from app.rundir import (BEST_MODEL_FILE, CONFIG_FILE, Staging, check_run_directory,
+                        load_run_dataset, read_classes, read_metrics)
 
 # Rows of random inputs that check a bare `.keras` file, which comes without held-out data.
 RANDOM_CHECK_SAMPLES = 64
@@ -85,7 +85,8 @@ def run_export(source, options):
         the `verification` and `neural_engine` reports.
 
     Raises:
-        UserError: for a bad source, an unconvertible layer or a missing dependency.
+        UserError: for a bad source or a missing dependency.
+        export.ExportError: for a model that Core ML cannot convert (naming the layer).
         ExportCheckFailed: when the package fails verification (or `strict` finds errors);
             the result is then attached as `args[1]` and nothing is written.
     """
@@ -112,17 +113,13 @@ def run_export(source, options):
                       batch_sizes=options.batch_sizes)
     set_metadata(mlmodel, **_metadata(found, model, options))
     output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output_dir))
-    try:
-        result = _save_and_check(mlmodel, model, found, options, staging / package.name)
+    with Staging(output_dir, merge=True) as staging:
+        result = _save_and_check(mlmodel, model, found, options, staging.folder / package.name)
         result["package"] = str(package)
         failures = _failures(result, options.strict)
         if failures:
             raise ExportCheckFailed("; ".join(failures), result)
-        for item in (f"{name}.verification.json", f"{name}.ane.json", package.name):
-            (staging / item).rename(output_dir / item)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.commit()
     return result
 
 
@@ -131,8 +128,8 @@ def _save_and_check(mlmodel, model, found, options, path):
     rates it; writes both reports beside it. Returns the result without its final path."""
     import coremltools
 
-    from export import compress, package_size, readiness_report, verify_package
-    from export.interpreter import ProgramInterpreter, UnsupportedOperation
+    from export import (ProgramInterpreter, UnsupportedOperation, compress, package_size,
+                        readiness_report, verify_package)
 
     uncompressed_size = None
     if options.compression:
@@ -182,8 +179,6 @@ def _import_coremltools():
 
 
 def _find_source(path):
-    from app.evaluation import check_run_directory
-
     if path.suffix == ".keras":
         if not path.is_file():
             raise UserError(f"{path} does not exist; pass a .keras file or a run directory")
@@ -195,11 +190,9 @@ def _find_source(path):
 
 def _run_source(run_dir):
     from app.config import load_config
-    from app.evaluation import load_run_dataset
-    from app.training import CLASS_NAMES_FILE
 
-    config = load_config(run_dir / "config.yaml")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = load_config(run_dir / CONFIG_FILE)
+    metrics = read_metrics(run_dir)
     dataset = load_run_dataset(run_dir, config, remedy="export the run's best.keras instead")
     training = {
         "source_run": run_dir.resolve().name,
@@ -214,9 +207,9 @@ def _run_source(run_dir):
         training.update(teacher_run=distillation["teacher_run"],
                         temperature=distillation["temperature"], alpha=distillation["alpha"])
     return ExportSource(
-        model_path=run_dir / "best.keras",
+        model_path=run_dir / BEST_MODEL_FILE,
         name=run_dir.resolve().name,
-        class_labels=json.loads((run_dir / CLASS_NAMES_FILE).read_text()),
+        class_labels=read_classes(run_dir),
         check_inputs=dataset.x_test,
         check_description=f"test split of {dataset.description}",
         training={key: value for key, value in training.items() if value is not None},

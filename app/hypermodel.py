@@ -27,8 +27,8 @@ import keras
 import keras_tuner
 
 from app.config import with_values
+from app.config.search_space import declare, parse_search_space
 from app.errors import UserError
-from app.search_space import declare, parse_search_space
 
 PROJECT = "tuner"  # KerasTuner's folder in a search directory: oracle.json, trial_*/
 TRIAL_SUMMARY = "trial_summary.json"  # written into each trial's folder
@@ -88,7 +88,7 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
             raise keras_tuner.errors.FailedTrialError(str(error)) from None
 
     def build(self, hp):
-        from app.training import build_compiled_model
+        from app.engine import build_compiled_model
 
         config = self.trial_config(hp)
         # Every trial starts from the same seed: differences come from the values, not luck.
@@ -101,7 +101,7 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
         `fit_arguments` may hold Hyperband's `epochs` and `initial_epoch`, and the
         `verbose` given to `search` (trials train silently: the tuner prints a line each).
         """
-        from app.training import fit_configured
+        from app.engine import fit_configured
 
         fit_arguments.pop("verbose", None)
         config = self.trial_config(hp)
@@ -259,7 +259,7 @@ def build_tuner(config, hypermodel, directory, devices=None, trial_limit=None):
             `distribution_strategy`.
         trial_limit: run at most this many trials in this process (`None`: no limit).
     """
-    from callbacks.best_model_checkpoint import resolve_mode
+    from callbacks.monitor_mode import resolve_mode
 
     tuning = config.tuning
     objective = keras_tuner.Objective(tuning.objective,

@@ -1,4 +1,4 @@
-"""`python -m app lr-find`, and `schedule.lr: auto` in `fit`: the learning-rate range test.
+"""The learning-rate range test of `python -m app lr-find` and of `schedule.lr: auto` in `fit`.
 
 The sweep trains a fresh copy of the configured model (same seed, constant learning rate)
 on shuffled training batches only, then reads a suggestion off the loss curve:
@@ -11,12 +11,12 @@ write_lr_find(finder, run_dir)                 # lr_find.csv, lr_find.png, lr_fi
 
 import csv
 import dataclasses
-import time
 
 import numpy as np
 
 from app.config import ScheduleConfig
 from app.errors import UserError
+from app.rundir import LR_FIND_CSV, LR_FIND_JSON, LR_FIND_PNG
 
 DEFAULT_SWEEP = {"min_lr": 1e-7, "max_lr": 10.0, "steps": 100, "rule": "valley"}
 
@@ -37,7 +37,7 @@ def find_learning_rate(config, dataset, min_lr=DEFAULT_SWEEP["min_lr"],
     """
     import keras
 
-    from app.training import build_compiled_model
+    from app.engine import build_compiled_model
     from callbacks import LRFinder
 
     batch_size = config.training.batch_size * config.training.accumulation_steps
@@ -62,13 +62,13 @@ def write_lr_find(finder, directory):
     """Writes `lr_find.csv`, `lr_find.png` and `lr_find.json`; returns the JSON's content."""
     from app.reporting import write_json
 
-    with open(directory / "lr_find.csv", "w", newline="") as handle:
+    with open(directory / LR_FIND_CSV, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "learning_rate", "loss", "smoothed_loss"])
         for step, row in enumerate(zip(finder.learning_rates, finder.losses,
                                        finder.smoothed_losses)):
             writer.writerow([step, *(repr(float(value)) for value in row)])
-    finder.plot(directory / "lr_find.png")
+    finder.plot(directory / LR_FIND_PNG)
     summary = {
         "suggestion": finder.suggestion,
         "rule": finder.suggestion_rule,
@@ -77,34 +77,8 @@ def write_lr_find(finder, directory):
                   "steps_planned": finder.num_steps, "steps_run": len(finder.losses),
                   "stopped_on_divergence": finder.stopped_on_divergence},
     }
-    write_json(summary, directory / "lr_find.json")
+    write_json(summary, directory / LR_FIND_JSON)
     return summary
-
-
-def run_lr_find(config, min_lr, max_lr, steps, rule):
-    """`python -m app lr-find`: the sweep in its own run directory `<name>-lr-find-<time>/`.
-
-    Returns:
-        `(run_dir, summary)` where `summary` is what `lr_find.json` holds.
-    """
-    from app.config import dump_config
-    from app.data import load_dataset
-    from app.rundir import StagedRunDirectory, plan_run_directory
-    from app.training import check_model_fits_data, default_run_name, resolve
-
-    dataset = load_dataset(config.data, seed=config.seed)
-    check_model_fits_data(config.model, dataset)
-    name = f"{default_run_name(config)}-lr-find"
-    config = resolve(config, name)
-    run_dir = plan_run_directory(config.output, name)
-    with StagedRunDirectory(run_dir) as run:
-        started = time.perf_counter()
-        (run.staging / "config.yaml").write_text(dump_config(config))
-        finder = find_learning_rate(config, dataset, min_lr, max_lr, steps, rule)
-        summary = write_lr_find(finder, run.staging)
-        summary["seconds"] = time.perf_counter() - started
-        path = run.commit()
-    return path, summary
 
 
 def _sweep_batches(dataset, samples, seed):

@@ -1,12 +1,53 @@
-"""Run directories that are complete or absent: written in a staging folder, then renamed."""
+"""Run directories: their layout, and writing them so they are complete or absent.
+
+A run directory (`fit`, `tune`, `distill`; `lr-find` writes a smaller one) holds:
+
+| file | written by |
+|---|---|
+| `config.yaml`, `classes.json` | `write_run_start`, when training starts |
+| `best.keras` | the best-epoch checkpoint during training |
+| `history.csv`, `metrics.json`, `curves.png` | `write_reports`, at the end |
+| `lr_find.csv`, `.png`, `.json` | `app.lr_find.write_lr_find`, with `schedule.lr: auto` |
+| `scratch/` | `distill`: the student trained from the labels alone, a run of its own |
+
+Everything is written through a `Staging` folder and moved into place in one step when the
+work succeeds; `fit`, `tune`, `distill` and `export` share that mechanism.
+
+```python
+run_dir = plan_run_directory(config.output, default_run_name(config))
+with Staging(run_dir) as staging:
+    write_run_start(staging.folder, config, class_names)
+    ...
+    staging.commit()
+```
+"""
 
 import datetime
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from app.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+CLASSES_FILE = "classes.json"
+BEST_MODEL_FILE = "best.keras"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+# `distill`: the student trained from the labels alone, a run directory of its own inside.
+SCRATCH_DIR = "scratch"
+# The LR finder's curve and suggestions (`lr-find`, and `fit` with `schedule.lr: auto`).
+LR_FIND_CSV, LR_FIND_PNG, LR_FIND_JSON = "lr_find.csv", "lr_find.png", "lr_find.json"
+# What makes a folder a finished run that `evaluate`, `export` and `distill` accept.
+REQUIRED_FILES = (CONFIG_FILE, BEST_MODEL_FILE, CLASSES_FILE, METRICS_FILE)
+
+
+def default_run_name(config):
+    """`output.name`, else `<architecture>-<size>`."""
+    return config.output.name or f"{config.model.architecture}-{config.model.size}"
 
 
 def plan_run_directory(output_config, default_name, now=None):
@@ -37,60 +78,152 @@ def plan_run_directory(output_config, default_name, now=None):
     return path
 
 
-class StagedRunDirectory:
-    """A context manager that builds a run directory next to its final place.
+def check_run_directory(run_dir):
+    """`run_dir` as a `Path`, checked to hold what a finished run writes.
 
-    Inside the `with` block files go to `staging`, a hidden folder beside `final_path`.
-    On a clean exit `commit()` renames it into place in one step; on an error, including
-    `KeyboardInterrupt`, the staging folder is deleted, so no half-written run is left.
+    Raises:
+        UserError: naming the missing files.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory; pass a run directory written by fit")
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a run directory of `fit` (missing {', '.join(missing)})")
+    return run_dir
+
+
+def load_run_dataset(run_dir, config, remedy="use --data to score it anyway"):
+    """The run's own dataset and splits, checked to be the data it was trained on.
+
+    Raises:
+        UserError: if the data changed since the run (its fingerprint differs); the
+            message ends with `remedy`.
+    """
+    from app.data import load_dataset
+
+    dataset = load_dataset(config.data, seed=config.seed)
+    recorded = read_metrics(run_dir).get("data_fingerprint")
+    if recorded and recorded != dataset.fingerprint:
+        raise UserError(f"{dataset.description} has changed since {run_dir} was trained; "
+                        f"its splits are not the run's splits ({remedy})")
+    return dataset
+
+
+def write_run_start(folder, config, class_names):
+    """Writes `classes.json` and then `config.yaml` (the resolved configuration) into `folder`.
+
+    `config.yaml` comes last: a search's workers wait for it, and `tune --resume` looks for it.
+    """
+    from app.config import dump_config
+
+    (folder / CLASSES_FILE).write_text(json.dumps(class_names) + "\n")
+    (folder / CONFIG_FILE).write_text(dump_config(config))
+
+
+def read_classes(run_dir):
+    return json.loads((Path(run_dir) / CLASSES_FILE).read_text())
+
+
+def read_metrics(run_dir):
+    return json.loads((Path(run_dir) / METRICS_FILE).read_text())
+
+
+def write_reports(folder, history, metrics, title):
+    """Writes `history.csv`, `metrics.json` and `curves.png` into `folder`."""
+    from app.reporting import plot_curves, write_history_csv, write_json
+
+    write_history_csv(history, folder / HISTORY_FILE)
+    write_json(metrics, folder / METRICS_FILE)
+    plot_curves(history, folder / CURVES_FILE, title=title, best_epoch=metrics["best"]["epoch"])
+
+
+class Staging:
+    """A context manager for work whose files appear all at once or not at all.
+
+    Inside the `with` block files go to `folder`: by default a hidden, fresh folder beside
+    `final_path`, or a named one (a search's `.partial` folder, which outlives an interrupted
+    process so that it can be resumed). `commit()` renames the folder to `final_path` in one
+    step; with `merge`, `final_path` is an existing folder (an export's output folder), the
+    hidden folder is made inside it, and `commit()` moves each entry into it. Leaving the
+    block without a commit deletes the folder, except on Ctrl-C when `keep_on_interrupt`, or
+    always when `keep_on_error`.
+
+    Args:
+        final_path: where the work ends up.
+        folder: the staging folder to use (created if missing), or `None` for a fresh one.
+        merge: move the entries into the existing folder `final_path` instead.
+        keep_on_interrupt: keep the folder when the block ends with `KeyboardInterrupt`.
+        keep_on_error: keep the folder whatever ends the block (a resumed search's state).
 
     Example:
 
     ```python
-    with StagedRunDirectory(Path("runs/mlp-20261122-101500")) as run:
-        (run.staging / "config.yaml").write_text(text)
-        run.commit()
+    with Staging(Path("runs/mlp-20261122-101500")) as staging:
+        (staging.folder / "config.yaml").write_text(text)
+        staging.commit()
     ```
     """
 
-    def __init__(self, final_path):
+    def __init__(self, final_path, folder=None, merge=False, keep_on_interrupt=False,
+                 keep_on_error=False):
         self.final_path = Path(final_path)
-        self.staging = None
+        self.folder = None if folder is None else Path(folder)
+        self.merge = merge
+        self.keep_on_interrupt = keep_on_interrupt
+        self.keep_on_error = keep_on_error
         self.committed = False
 
     def __enter__(self):
-        parent = self.final_path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create output directory {parent}: {error.strerror}") from None
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.final_path.name}.", dir=parent))
+        if self.folder is not None:
+            _make_directory(self.folder)
+            return self
+        parent = self.final_path if self.merge else self.final_path.parent
+        _make_directory(parent)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{self.final_path.name}.", dir=parent))
         # mkdtemp makes a private (0700) folder; a run directory gets the usual permissions.
         umask = os.umask(0)
         os.umask(umask)
-        self.staging.chmod(0o777 & ~umask)
+        self.folder.chmod(0o777 & ~umask)
         return self
 
     def commit(self):
-        """Moves the staged files to `final_path`, failing if something appeared there."""
-        move_into_place(self.staging, self.final_path)
+        """Moves the staged work into place; returns `final_path`.
+
+        Raises:
+            UserError: if `final_path` (or, with `merge`, one of the entries there) appeared
+                in the meantime; nothing is moved then.
+        """
+        if self.merge:
+            self._move_entries()
+        elif self.final_path.exists():
+            raise UserError(f"run directory {self.final_path} appeared while training; "
+                            "nothing was written there")
+        else:
+            os.rename(self.folder, self.final_path)
         self.committed = True
         return self.final_path
 
+    def _move_entries(self):
+        entries = sorted(self.folder.iterdir())
+        taken = [entry.name for entry in entries if (self.final_path / entry.name).exists()]
+        if taken:
+            raise UserError(f"{self.final_path / taken[0]} appeared meanwhile; nothing was "
+                            "written")
+        for entry in entries:
+            entry.rename(self.final_path / entry.name)
+        self.folder.rmdir()
+
     def __exit__(self, exc_type, exc, traceback):
-        if not self.committed and self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        keep = self.keep_on_error or (interrupted and self.keep_on_interrupt)
+        if not self.committed and self.folder is not None and not keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
         return False
 
 
-def move_into_place(staging, final_path):
-    """Renames a finished `staging` folder to `final_path` in one step.
-
-    Raises:
-        UserError: if `final_path` appeared in the meantime (nothing is moved then).
-    """
-    if Path(final_path).exists():
-        raise UserError(f"run directory {final_path} appeared while training; "
-                        f"nothing was written there")
-    os.rename(staging, final_path)
-    return Path(final_path)
+def _make_directory(path):
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create output directory {path}: {error.strerror}") from None

@@ -23,10 +23,11 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     from app.config import load_config
     from app.data import load_dataset
+    from app.rundir import CONFIG_FILE
     from app.tuning import SEARCH_FINISHED, TRIAL_LIMIT_REACHED, run_trials
 
     try:
-        config = load_config(arguments.search_dir / "config.yaml")
+        config = load_config(arguments.search_dir / CONFIG_FILE)
         dataset = load_dataset(config.data, seed=config.seed)
         done = run_trials(arguments.search_dir, config, dataset, trial_limit=arguments.trials)
     except UserError as error:

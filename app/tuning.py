@@ -23,9 +23,7 @@ search_dir, metrics = run_tune(load_config("search.yaml"))
 import contextlib
 import dataclasses
 import io
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,9 +33,10 @@ from app.config import config_hash, dump_config, load_config, with_values
 from app.data import load_dataset
 from app.distribution import check_distribution
 from app.errors import UserError
-from app.rundir import move_into_place, plan_run_directory
-from app.search_space import parse_search_space
-from app.training import check_model_fits_data
+from app.config.search_space import parse_search_space
+from app.engine import check_model_fits_data
+from app.rundir import (BEST_MODEL_FILE, CONFIG_FILE, Staging, default_run_name,
+                        plan_run_directory, write_reports, write_run_start)
 
 PARTIAL_SUFFIX = ".partial"
 # tuning.trials_per_process when it is null: TensorFlow's memory grows with every trial.
@@ -105,20 +104,20 @@ def run_tune(config, resume=None, role=Role()):
     if role.kind == "worker":
         _run_worker(config, partial, dataset)
         return None, None
+    # A fresh search is removed when it fails, and kept on Ctrl-C for --resume; a resumed
+    # one is always kept.
     fresh = resume is None
     try:
-        if fresh:
-            _start_partial(partial, config, dataset)
-        _search(partial, config, dataset, chief=role.kind == "chief")
-        metrics = _finish(partial, config, dataset, title=final.name)
-        return move_into_place(partial, final), metrics
+        with Staging(final, folder=partial, keep_on_interrupt=True,
+                     keep_on_error=not fresh) as staging:
+            if fresh:
+                _start_partial(staging, config, dataset)
+            _search(partial, config, dataset, chief=role.kind == "chief")
+            metrics = _finish(partial, config, dataset, title=final.name)
+            return staging.commit(), metrics
     except KeyboardInterrupt:
         raise SearchInterrupted(f"the search so far is in {partial}; continue it with: "
                                 f"python -m app tune --resume {partial}") from None
-    except BaseException:
-        if fresh:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def run_trials(search_dir, config, dataset, trial_limit=None):
@@ -172,7 +171,7 @@ def trials_per_process(config):
 
 
 def _plan_search(config, role):
-    from app.training import default_run_name, resolve
+    from app.engine import resolve_config
 
     if not config.search:
         raise UserError("the config has no search section; add one, e.g. search: "
@@ -181,7 +180,7 @@ def _plan_search(config, role):
         raise UserError("schedule.lr: auto runs the LR finder, which tune does not; "
                         "search schedule.lr instead, e.g. {log_uniform: [1.0e-4, 1.0e-1]}")
     base_name = default_run_name(config)
-    config = resolve(config, base_name)  # best_config.yaml then trains as <base_name>
+    config = resolve_config(config, base_name)  # best_config.yaml then trains as <base_name>
     name = f"{base_name}-search"
     if role.kind == "local":
         final = plan_run_directory(dataclasses.replace(config.output, name=name), name)
@@ -192,7 +191,7 @@ def _plan_search(config, role):
     if final.exists():
         raise UserError(f"search directory {final} already exists; choose another "
                         "output.name or remove it")
-    if role.kind == "chief" and (partial / "config.yaml").exists():
+    if role.kind == "chief" and (partial / CONFIG_FILE).exists():
         raise UserError(f"an unfinished search is in {partial}; continue it with --resume "
                         f"{partial}, or remove it")
     return config, partial
@@ -203,24 +202,17 @@ def _open_partial(path):
     if not partial.name.endswith(PARTIAL_SUFFIX) and partial.with_name(
             partial.name + PARTIAL_SUFFIX).is_dir():
         partial = partial.with_name(partial.name + PARTIAL_SUFFIX)
-    if not (partial.name.endswith(PARTIAL_SUFFIX) and (partial / "config.yaml").is_file()):
+    if not (partial.name.endswith(PARTIAL_SUFFIX) and (partial / CONFIG_FILE).is_file()):
         raise UserError(f"{path} is not an unfinished search (a <name>-search-<time>.partial "
                         "directory with config.yaml); only interrupted searches can be resumed")
-    config = load_config(partial / "config.yaml")
+    config = load_config(partial / CONFIG_FILE)
     check_distribution(config.distribution, os.environ.get("KERAS_BACKEND"))
     return partial, config
 
 
-def _start_partial(partial, config, dataset):
-    from app.training import CLASS_NAMES_FILE
-
-    try:
-        partial.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create search directory {partial}: {error.strerror}") from None
-    (partial / CLASS_NAMES_FILE).write_text(json.dumps(dataset.class_names) + "\n")
-    # Written last: workers wait for it, and --resume looks for it.
-    (partial / "config.yaml").write_text(dump_config(config))
+def _start_partial(staging, config, dataset):
+    # Writes config.yaml last: workers wait for it, and --resume looks for it.
+    write_run_start(staging.folder, config, dataset.class_names)
 
 
 def _search(partial, config, dataset, chief):
@@ -271,7 +263,7 @@ def _wait_for_worker(command):
 
 def _run_worker(config, partial, dataset):
     """A distributed worker: waits for the chief's directory, then runs trials from it."""
-    chief_config = partial / "config.yaml"
+    chief_config = partial / CONFIG_FILE
     deadline = time.monotonic() + WORKER_WAIT_SECONDS
     while not chief_config.exists():
         if time.monotonic() > deadline:
@@ -295,7 +287,7 @@ def _tuner(partial, config, dataset, devices, trial_limit=None):
 def _finish(partial, config, dataset, title):
     """Ranks the trials, retrains the best one like `fit`, tests it once, writes reports."""
     from app.leaderboard import format_leaderboard, leaderboard_rows, write_leaderboard_csv
-    from app.training import train_and_test, write_reports
+    from app.engine import train_and_test
 
     tuner = _tuner(partial, config, dataset, devices=None)
     oracle = tuner.oracle
@@ -315,7 +307,7 @@ def _finish(partial, config, dataset, title):
     (partial / "best_config.yaml").write_text(dump_config(best_config))
     print(f"best trial {int(best.trial_id) + 1}: {oracle.objective.name} {best.score:.4f}; "
           "retraining it and testing once", flush=True)
-    history, metrics = train_and_test(best_config, dataset, partial)
+    history, metrics = train_and_test(best_config, dataset, partial / BEST_MODEL_FILE)
     metrics["search"] = {
         "tuner": config.tuning.tuner,
         "objective": oracle.objective.name,

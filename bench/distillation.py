@@ -32,9 +32,10 @@ def main():
     os.environ["KERAS_BACKEND"] = arguments.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    from app.commands.distill import run_distill
+    from app.commands.fit import run_fit
     from app.config import load_config
-    from app.distillation import STUDENT_DEFAULTS, run_distill
-    from app.training import run_fit
+    from app.distillation import STUDENT_DEFAULTS
 
     with tempfile.TemporaryDirectory() as directory:
         common = ["training.verbose=0", f"output.dir={directory}"]

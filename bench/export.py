@@ -27,15 +27,15 @@ VARIANTS = [("fp32", None), ("fp16", None), ("fp16", "int8"), ("fp16", "palettiz
 def trained_model(size, epochs, directory):
     from app.config import load_config
     from app.data import load_dataset
-    from app.training import resolve, train_and_test
+    from app.engine import resolve_config, train_and_test
 
-    config = resolve(load_config(overrides=[
+    config = resolve_config(load_config(overrides=[
         "model.architecture=cnn", f"model.size={size}", f"training.epochs={epochs}",
         "training.verbose=0"]), f"cnn-{size}")
     dataset = load_dataset(config.data, seed=config.seed)
     staging = Path(directory) / size
     staging.mkdir()
-    _, metrics = train_and_test(config, dataset, staging)
+    _, metrics = train_and_test(config, dataset, staging / "best.keras")
     import keras
 
     return keras.saving.load_model(staging / "best.keras", compile=False), dataset, metrics

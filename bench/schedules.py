@@ -42,7 +42,8 @@ def grid_versus_finder(seeds):
     from app.config import load_config
     from app.data import load_dataset
     from app.lr_find import find_learning_rate
-    from app.training import resolve, run_fit
+    from app.commands.fit import run_fit
+    from app.engine import resolve_config
 
     scores = {}
     for lr in GRID:
@@ -58,7 +59,7 @@ def grid_versus_finder(seeds):
     best_lr = min(scores, key=scores.get)
     suggestions = {}
     for seed in range(seeds):
-        config = resolve(load_config(overrides=[*QUIET, f"seed={seed}"]), "bench")
+        config = resolve_config(load_config(overrides=[*QUIET, f"seed={seed}"]), "bench")
         finder = find_learning_rate(config, load_dataset(config.data, seed=seed))
         for rule, value in finder.suggestions().items():
             suggestions.setdefault(rule, []).append(value)
@@ -104,9 +105,9 @@ def time_to_accuracy(overrides, seed):
     from app.config import load_config
     from app.data import load_dataset
     from app.lr_find import find_learning_rate
-    from app.training import build_compiled_model, resolve, train_model
+    from app.engine import build_compiled_model, resolve_config, train_model
 
-    config = resolve(load_config(overrides=[*QUIET, f"seed={seed}",
+    config = resolve_config(load_config(overrides=[*QUIET, f"seed={seed}",
                                             f"training.epochs={EPOCH_BUDGET}", *overrides]), "b")
     dataset = load_dataset(config.data, seed=seed)
     if config.schedule.lr == "auto":
@@ -117,7 +118,8 @@ def time_to_accuracy(overrides, seed):
     model = build_compiled_model(config, dataset)
     clock = TestAccuracyClock(dataset)
     with tempfile.TemporaryDirectory() as directory:
-        train_model(model, config, dataset, Path(directory), extra_callbacks=[clock.callback])
+        train_model(model, config, dataset, Path(directory) / "best.keras",
+                    extra_callbacks=[clock.callback])
     return clock.reached(), len(clock.accuracies), max(clock.accuracies)
 
 

@@ -50,9 +50,9 @@ def measure_app_default(epochs):
 
     from app.config import load_config
     from app.data import load_dataset
-    from app.training import build_compiled_model, resolve
+    from app.engine import build_compiled_model, resolve_config
 
-    config = resolve(load_config(overrides=[f"training.epochs={epochs}"]), "bench")
+    config = resolve_config(load_config(overrides=[f"training.epochs={epochs}"]), "bench")
     dataset = load_dataset(config.data, seed=config.seed)
     keras.utils.set_random_seed(config.seed)
     model = build_compiled_model(config, dataset)

@@ -17,6 +17,7 @@ from callbacks.losses import (CategoricalCrossentropy, SparseCategoricalCrossent
 from callbacks.lookahead import Lookahead
 from callbacks.lr_finder import LRFinder, suggest_learning_rate
 from callbacks.nan_guard import NaNGuard
+from callbacks.polynomial_decay import PolynomialDecay
 from callbacks.radam import RAdam
 from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau, ScaledSchedule
 from callbacks.step_decay import MultiStepDecay, StepDecay
@@ -37,6 +38,7 @@ __all__ = [
     "MultiStepDecay",
     "NaNGuard",
     "OneCycle",
+    "PolynomialDecay",
     "RAdam",
     "ReduceLROnPlateau",
     "ScaledSchedule",

@@ -4,15 +4,7 @@ import math
 
 import keras
 
-
-def resolve_mode(monitor, mode):
-    """`"min"` or `"max"` for `monitor`; `"auto"` maximises accuracies and AUCs, as Keras
-    does, and minimises the rest."""
-    if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
-    if mode == "auto":
-        return "max" if "acc" in monitor or monitor.endswith("auc") else "min"
-    return mode
+from callbacks.monitor_mode import MODES, improves, resolve_mode
 
 
 @keras.saving.register_keras_serializable(package="efficient_learning")
@@ -27,7 +19,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     Args:
         filepath: where to save, a `.keras` path.
         monitor: the logged metric to compare, e.g. `"val_loss"`.
-        mode: `"min"`, `"max"` or `"auto"` (accuracies are maximised, the rest minimised).
+        mode: `"min"`, `"max"` or `"auto"` (`callbacks.monitor_mode.resolve_mode`).
         saved_model: the model to write instead of the trained one, e.g. the student of a
             `keras.distillation.Distiller` (not part of the config: give it again when
             rebuilding).
@@ -44,15 +36,19 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def __init__(self, filepath, monitor="val_loss", mode="auto", saved_model=None):
         super().__init__()
         self.filepath = str(filepath)
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
         self.monitor = monitor
-        self.mode = resolve_mode(monitor, mode)
+        self.mode = mode
         self.saved_model = saved_model
         self.best_epoch = None
         self.best_value = None
+        self.direction = None
 
     def on_train_begin(self, logs=None):
         self.best_epoch = None
         self.best_value = None
+        self.direction = None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -60,15 +56,12 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             raise KeyError(f"BestModelCheckpoint monitors {self.monitor!r}, which is not "
                            f"logged; logged: {', '.join(sorted(logs or {}))}")
         value = float(value)
-        if not math.isfinite(value) or not self._improves(value):
+        if self.direction is None:  # now that the model's metrics are built
+            self.direction = resolve_mode(self.monitor, self.mode, self.model)
+        if not math.isfinite(value) or not improves(value, self.best_value, self.direction):
             return
         self.best_epoch, self.best_value = epoch + 1, value
         (self.model if self.saved_model is None else self.saved_model).save(self.filepath)
-
-    def _improves(self, value):
-        if self.best_value is None:
-            return True
-        return value < self.best_value if self.mode == "min" else value > self.best_value
 
     def get_config(self):
         return {"filepath": self.filepath, "monitor": self.monitor, "mode": self.mode}

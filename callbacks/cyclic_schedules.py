@@ -136,6 +136,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return [(starts[i], ends[i], rates[i], rates[i + 1]) for i in range(len(ends))]
 
     def __call__(self, step):
+        # PyTorch steps up to total_steps (extrapolating the last phase); later steps hold
+        # that rate where PyTorch raises.
         step = ops.minimum(float_step(step), float(self.total_steps))
         value = None
         # PyTorch uses the first phase whose end is >= step, else the last one.

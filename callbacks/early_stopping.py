@@ -8,6 +8,7 @@ import warnings
 import keras
 import numpy as np
 
+from callbacks.monitor_mode import resolve_mode
 from callbacks.training_state import restore, snapshot
 
 MIN_DELTA_MODES = ("absolute", "relative")
@@ -142,6 +143,13 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         self.stopped_epoch = epoch
         self.stop_reason = reason
         self.model.stop_training = True
+
+    def _set_monitor_op(self):
+        # The project's one rule (`callbacks.monitor_mode`), where Keras's raises for names
+        # it cannot place. Keras keeps `min_delta` negative when minimising.
+        direction = resolve_mode(self.monitor, self.mode, self.model)
+        self.monitor_op = keras.ops.less if direction == "min" else keras.ops.greater
+        self.min_delta = -abs(self.min_delta) if direction == "min" else abs(self.min_delta)
 
     def _is_improvement(self, monitor_value, reference_value):
         if reference_value is None:

@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 
-from callbacks.best_model_checkpoint import resolve_mode
+from callbacks.monitor_mode import MODES, improves, resolve_mode
 from callbacks.training_state import restore, snapshot, sync_jax_state
 
 
@@ -29,7 +29,7 @@ class NaNGuard(keras.callbacks.Callback):
 
     Args:
         monitor: the epoch metric that selects the best weights.
-        mode: `"min"`, `"max"` or `"auto"`.
+        mode: `"min"`, `"max"` or `"auto"` (`callbacks.monitor_mode.resolve_mode`).
         probe_data: optional inputs to run through the layers after a stop.
         verbose: 1 prints the report.
 
@@ -44,8 +44,11 @@ class NaNGuard(keras.callbacks.Callback):
 
     def __init__(self, monitor="val_loss", mode="auto", probe_data=None, verbose=1):
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
         self.monitor = monitor
-        self.mode = resolve_mode(monitor, mode)
+        self.mode = mode
+        self.direction = None
         self.probe_data = probe_data
         self.verbose = verbose
         self.triggered = False
@@ -57,15 +60,16 @@ class NaNGuard(keras.callbacks.Callback):
         self.triggered, self.report = False, None
         self._best = None
         self._best_weights = snapshot(self.model.weights)
+        self.direction = None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or self.triggered or not math.isfinite(float(value)):
             return
         value = float(value)
-        better = self._best is None or (value < self._best if self.mode == "min"
-                                        else value > self._best)
-        if better:
+        if self.direction is None:  # now that the model's metrics are built
+            self.direction = resolve_mode(self.monitor, self.mode, self.model)
+        if improves(value, self._best, self.direction):
             self._best = value
             self._best_weights = snapshot(self.model.weights)
 

@@ -6,7 +6,7 @@ import warnings
 import keras
 from keras import ops
 
-from callbacks.best_model_checkpoint import resolve_mode
+from callbacks.monitor_mode import MODES, resolve_mode
 from callbacks.learning_rate_monitor import current_learning_rate
 from callbacks.schedule_math import deserialize, evaluate, learning_rate_schedule, serialize
 
@@ -67,7 +67,8 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
 
     Args:
         monitor: the metric to watch, e.g. `"val_loss"`.
-        mode: `"min"`, `"max"`, or `"auto"` (`max` for accuracy-like names).
+        mode: `"min"`, `"max"`, or `"auto"` (the default, as in Keras's own callback; see
+            `callbacks.monitor_mode.resolve_mode`).
         factor: the factor applied to the learning rate, in (0, 1).
         patience: epochs without improvement before a reduction.
         threshold: the least change that counts as an improvement.
@@ -85,12 +86,12 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, monitor="val_loss", mode="min", factor=0.1, patience=10, threshold=1e-4,
+    def __init__(self, monitor="val_loss", mode="auto", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, verbose=0):
         super().__init__()
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1); got {factor!r}")
-        if mode not in ("min", "max", "auto"):
+        if mode not in MODES:
             raise ValueError(f"mode must be 'min', 'max' or 'auto'; got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs'; got {threshold_mode!r}")
@@ -113,8 +114,8 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
 
     @property
     def direction(self):
-        """`"min"` or `"max"`, with `"auto"` resolved from the monitored name."""
-        return resolve_mode(self.monitor, self.mode)
+        """`"min"` or `"max"`, with `"auto"` resolved by `callbacks.monitor_mode`."""
+        return resolve_mode(self.monitor, self.mode, self.model)
 
     def on_train_begin(self, logs=None):
         self.reset()

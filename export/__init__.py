@@ -5,6 +5,10 @@
 - `ProgramInterpreter` (`export.interpreter`): runs a saved program with NumPy.
 - `verify_package` (`export.verification`): the interpreter against the Keras model.
 - `readiness_report` (`export.ane_report`): static Neural Engine rules.
+- `ExportError` and its kinds (`export.errors`): one-line messages for the application to show.
+
+The package never imports the application (`app`); coremltools' private APIs are used only
+through `export.coreml_private`.
 
 ```python
 mlmodel = convert(model, class_labels, precision="fp16")
@@ -17,13 +21,16 @@ report = verify_package(ProgramInterpreter.from_package("student.mlpackage"), mo
 from export.ane_report import format_report, readiness_report
 from export.compression import COMPRESSIONS, compress, package_size
 from export.converter import PRECISIONS, convert, set_metadata
-from export.interpreter import ProgramInterpreter, UnsupportedOperation
+from export.errors import ExportError, UnconvertibleModel, UnsupportedOperation
+from export.interpreter import ProgramInterpreter
 from export.verification import verify_package
 
 __all__ = [
     "COMPRESSIONS",
     "PRECISIONS",
+    "ExportError",
     "ProgramInterpreter",
+    "UnconvertibleModel",
     "UnsupportedOperation",
     "compress",
     "convert",

@@ -21,6 +21,7 @@ report["errors"], report["warnings"], report["counts"]
 
 import numpy as np
 
+from export.coreml_private import dtype_name, holds_numbers, is_tensor
 from export.interpreter import input_vars
 
 # Operations that only move data or that Core ML handles outside the compute graph.
@@ -116,19 +117,13 @@ def format_report(report):
 
 
 def _output_dtype(op):
-    from coremltools.converters.mil.mil import types
-
     var = op.outputs[0]
-    if not (types.is_tensor(var.sym_type) or types.is_scalar(var.sym_type)):
-        return None
-    return types.builtin_to_string(var.dtype)
+    return dtype_name(var) if holds_numbers(var) else None
 
 
 def _over_limits(op):
-    from coremltools.converters.mil.mil import types
-
     for var in op.outputs:
-        if not types.is_tensor(var.sym_type):
+        if not is_tensor(var):
             continue
         shape = var.shape
         if len(shape) > MAX_RANK or any(isinstance(size, (int, np.integer)) and

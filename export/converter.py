@@ -42,7 +42,7 @@ def convert(model, class_labels, precision="fp16", batch_sizes=(1,)):
         The `coremltools.models.MLModel`, not yet saved.
 
     Raises:
-        UserError: if a layer cannot be converted (naming it and what to use instead).
+        UnconvertibleModel: if a layer cannot be converted (naming it and what to use instead).
     """
     import coremltools as ct
     import tensorflow as tf

@@ -17,11 +17,10 @@ values[interpreter.output_names[0]]
 
 import numpy as np
 
+from export.coreml_private import (give_value, has_value_inference, holds_numbers,
+                                   load_saved_program, numpy_dtype)
+from export.errors import UnsupportedOperation
 from export.mil_kernels import KERNELS
-
-
-class UnsupportedOperation(Exception):
-    """The program has an operation that the interpreter cannot evaluate."""
 
 
 class ProgramInterpreter:
@@ -51,14 +50,8 @@ class ProgramInterpreter:
     @classmethod
     def from_package(cls, path):
         """Loads the ML program of a saved `.mlpackage` (its weights from the weight blob)."""
-        import coremltools as ct
-        from coremltools.converters.mil.frontend.milproto.load import load
-
-        mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
-        spec = mlmodel.get_spec()
-        if spec.WhichOneof("Type") != "mlProgram":
-            raise ValueError(f"{path} holds a {spec.WhichOneof('Type')}, not an ML program")
-        return cls(load(spec, spec.specificationVersion, mlmodel.weights_dir), spec=spec)
+        program, spec = load_saved_program(path)
+        return cls(program, spec=spec)
 
     @property
     def input_names(self):
@@ -115,13 +108,11 @@ class ProgramInterpreter:
         kernel = KERNELS.get(op.op_type)
         if kernel is not None:
             return kernel(op, _input_values(op, values))
-        from coremltools.converters.mil.mil.operation import Operation
-
-        if type(op).value_inference is Operation.value_inference:
+        if not has_value_inference(op):
             raise UnsupportedOperation(f"{op.op_type} in {op.name!r}")
         for var in input_vars(op):
             if var.op is None or var.op.op_type != "const" or var.name in self._symbolic_constants:
-                _set_value(var, values[var.name])
+                give_value(var, values[var.name])
         return op.value_inference()
 
 
@@ -152,20 +143,11 @@ def _input_values(op, values):
             for name, value in op.inputs.items()}
 
 
-def _set_value(var, value):
-    """Gives a non-constant variable a value, which `value_inference` then reads as `.val`."""
-    holder = var.sym_type()
-    holder.val = value
-    var._sym_val = holder
-
-
 def _as_declared(var, value):
     """`value` in the dtype the program declares for `var` (fp16 results rounded to fp16)."""
-    from coremltools.converters.mil.mil import types
-
-    if not (types.is_tensor(var.sym_type) or types.is_scalar(var.sym_type)):
+    if not holds_numbers(var):
         return value  # strings and dictionaries (the classifier's outputs)
-    dtype = types.nptype_from_builtin(var.dtype)
+    dtype = numpy_dtype(var)
     if isinstance(value, np.ndarray) and value.dtype == np.dtype(object):
         return value
     return np.asarray(value).astype(dtype)

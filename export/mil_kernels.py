@@ -6,6 +6,9 @@ and the classifier head are among those without. Each kernel here takes the oper
 its constant attributes) and its evaluated inputs, and follows the MIL specification in
 `coremltools/converters/mil/mil/ops/defs/`. Tensors are channels-first (`N, C, *spatial`).
 
+Each kernel is registered for the operations it evaluates with `@kernel(...)`; adding one is a
+function here, its decorator, and a test against Keras or NumPy.
+
 ```python
 KERNELS["silu"](op, {"x": np.array([-1.0, 0.0, 2.0])})
 ```
@@ -15,7 +18,24 @@ import itertools
 
 import numpy as np
 
+from export.coreml_private import aggregated_pad
 
+# MIL operation type → the function that evaluates it: `kernel(op, inputs) → value(s)`.
+KERNELS = {}
+
+
+def kernel(*op_types):
+    """Registers the decorated function as the NumPy kernel of the MIL `op_types`."""
+    def register(function):
+        for op_type in op_types:
+            if op_type in KERNELS:
+                raise ValueError(f"two kernels for the MIL operation {op_type!r}")
+            KERNELS[op_type] = function
+        return function
+    return register
+
+
+@kernel("conv")
 def conv(op, inputs):
     """`conv`: N-d convolution with strides, dilations, groups and MIL's padding modes."""
     x, weight = inputs["x"], inputs["weight"]
@@ -40,6 +60,7 @@ def conv(op, inputs):
     return _with_bias(result, inputs.get("bias"))
 
 
+@kernel("conv_transpose")
 def conv_transpose(op, inputs):
     """`conv_transpose`: the gradient of `conv` with respect to its input."""
     x, weight = inputs["x"], inputs["weight"]
@@ -69,21 +90,25 @@ def conv_transpose(op, inputs):
     return _with_bias(result, inputs.get("bias"))
 
 
+@kernel("max_pool")
 def max_pool(op, inputs):
     """`max_pool`: padding never wins the maximum."""
     return _pool(inputs, reducer="max")
 
 
+@kernel("avg_pool")
 def avg_pool(op, inputs):
     """`avg_pool`: `exclude_padding_from_average` divides by the real elements only."""
     return _pool(inputs, reducer="avg")
 
 
+@kernel("l2_pool")
 def l2_pool(op, inputs):
     """`l2_pool`: the square root of the sum of squares in each window."""
     return np.sqrt(_pool({**inputs, "x": np.square(inputs["x"])}, reducer="sum"))
 
 
+@kernel("batch_norm")
 def batch_norm(op, inputs):
     """`batch_norm` with frozen statistics, over the channel axis 1."""
     x = inputs["x"]
@@ -92,6 +117,7 @@ def batch_norm(op, inputs):
     return _scale_and_shift((x - inputs["mean"].reshape(shape)) * scale.reshape(shape), inputs)
 
 
+@kernel("instance_norm")
 def instance_norm(op, inputs):
     """`instance_norm`: each sample's channel normalised over its spatial axes."""
     x = inputs["x"].astype(np.float64)
@@ -101,12 +127,14 @@ def instance_norm(op, inputs):
     return _scale_and_shift(normalised, inputs)
 
 
+@kernel("silu")
 def silu(op, inputs):
     """`silu`: x·sigmoid(x)."""
     x = inputs["x"].astype(np.float64)
     return x / (1.0 + np.exp(-x))
 
 
+@kernel("upsample_nearest_neighbor")
 def upsample_nearest_neighbor(op, inputs):
     """`upsample_nearest_neighbor` by integer factors on the last two axes."""
     height, width = (_integer_factor(inputs, name) for name in
@@ -114,6 +142,7 @@ def upsample_nearest_neighbor(op, inputs):
     return np.repeat(np.repeat(inputs["x"], height, axis=-2), width, axis=-1)
 
 
+@kernel("upsample_bilinear")
 def upsample_bilinear(op, inputs):
     """`upsample_bilinear` on the last two axes, with `align_corners` or half-pixel centres."""
     x = inputs["x"].astype(np.float64)
@@ -125,6 +154,7 @@ def upsample_bilinear(op, inputs):
     return _interpolate(_interpolate(x, rows, axis=-2), columns, axis=-1)
 
 
+@kernel("classify")
 def classify(op, inputs):
     """`classify`: the most probable class label of each row, and the probabilities."""
     probabilities = np.asarray(inputs["probabilities"])
@@ -133,6 +163,7 @@ def classify(op, inputs):
     return classes[rows.argmax(axis=-1)], probabilities
 
 
+@kernel("reshape")
 def reshape(op, inputs):
     """`reshape`, where `0` copies the input's size and `-1` is inferred. coremltools' own
     evaluation reads the shapes the program declares, which are symbols for a flexible
@@ -160,6 +191,7 @@ REDUCERS = {
 }
 
 
+@kernel(*REDUCERS)
 def reduce(op, inputs):
     """`reduce_*`. coremltools's own `value_inference` passes `keep_dims` as `np.bool_`,
     which NumPy 2.4 rejects, so the reductions are evaluated here."""
@@ -169,23 +201,6 @@ def reduce(op, inputs):
     return REDUCERS[op.op_type](inputs["x"].astype(np.float64), axis=axis, keepdims=keepdims)
 
 
-KERNELS = {
-    "conv": conv,
-    "conv_transpose": conv_transpose,
-    "max_pool": max_pool,
-    "avg_pool": avg_pool,
-    "l2_pool": l2_pool,
-    "batch_norm": batch_norm,
-    "instance_norm": instance_norm,
-    "silu": silu,
-    "upsample_nearest_neighbor": upsample_nearest_neighbor,
-    "upsample_bilinear": upsample_bilinear,
-    "classify": classify,
-    "reshape": reshape,
-    **{name: reduce for name in REDUCERS},
-}
-
-
 def _spatial(inputs, name, x):
     value = inputs.get(name)
     return [1] * (x.ndim - 2) if value is None else [int(v) for v in value]
@@ -193,8 +208,6 @@ def _spatial(inputs, name, x):
 
 def _padding(inputs, kernel, input_size, strides, dilations):
     """(before, after) padding per spatial axis of a convolution or pooling window."""
-    from coremltools.converters.mil.mil.ops.defs._utils import aggregated_pad
-
     return _split_padding(inputs, len(kernel), lambda: aggregated_pad(
         str(inputs["pad_type"]), list(kernel), list(input_size), list(strides),
         list(dilations)))

@@ -4,11 +4,11 @@ coremltools reports a failed conversion in terms of TensorFlow ops (`Erfc`, `Ten
 …) deep inside a traceback; users need the Keras layer and the fix.
 
 ```python
-check_convertible(model)   # raises UserError: layer 'dense_act' uses the exact gelu ...
+check_convertible(model)   # raises UnconvertibleModel: layer 'dense_act' uses the exact gelu ...
 ```
 """
 
-from app.errors import UserError
+from export.errors import UnconvertibleModel
 
 # TensorFlow ops in a coremltools error → what in a Keras model produces them and the fix.
 KNOWN_OP_FAILURES = {
@@ -20,7 +20,7 @@ KNOWN_OP_FAILURES = {
 
 
 def check_convertible(model):
-    """Raises `UserError` naming the first layer of `model` that Core ML cannot convert.
+    """Raises `UnconvertibleModel` naming the first layer of `model` that Core ML cannot convert.
 
     Args:
         model: a `keras.Model`.
@@ -28,17 +28,19 @@ def check_convertible(model):
     for layer in _all_layers(model):
         problem = _problem(layer)
         if problem:
-            raise UserError(f"layer {layer.name!r} {problem}, and retrain (or fine-tune) it")
+            raise UnconvertibleModel(f"layer {layer.name!r} {problem}, and retrain (or fine-tune) "
+                                     "it")
 
 
 def explain_conversion_error(model, error):
-    """A `UserError` that says what a coremltools conversion error means for `model`."""
+    """An `UnconvertibleModel` that says what a coremltools conversion error means for `model`."""
     text = str(error)
     for op, meaning in KNOWN_OP_FAILURES.items():
         if op in text:
-            return UserError(f"Core ML cannot convert {model.name!r}: it contains {meaning}")
+            return UnconvertibleModel(f"Core ML cannot convert {model.name!r}: it contains "
+                                      f"{meaning}")
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return UserError(f"Core ML cannot convert {model.name!r}: {first_line[:300]}")
+    return UnconvertibleModel(f"Core ML cannot convert {model.name!r}: {first_line[:300]}")
 
 
 def _problem(layer):

@@ -1,7 +1,9 @@
-"""Model builders: MLP and CNN classifiers in teacher and student sizes. All output logits."""
+"""Model builders: MLP and CNN classifiers. All output logits.
+
+The application picks a builder and its size preset from `app.tables.architectures`.
+"""
 
 from models.cnn import build_cnn
 from models.mlp import build_mlp
-from models.presets import SIZES, build_model
 
-__all__ = ["SIZES", "build_cnn", "build_mlp", "build_model"]
+__all__ = ["build_cnn", "build_mlp"]

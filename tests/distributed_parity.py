@@ -48,7 +48,7 @@ def _train(config, data, devices, synchronize):
     import keras
     import numpy as np
 
-    from app.training import build_compiled_model, fit_configured
+    from app.engine import build_compiled_model, fit_configured
 
     keras.utils.set_random_seed(config.seed)
     with devices.scope():

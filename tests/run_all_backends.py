@@ -1,49 +1,77 @@
-"""Runs the test suite once per Keras backend, each in its own process, and sums the results.
+"""Checks the import contracts, then runs the test suite once per Keras backend, each in its
+own process, and sums the results.
 
-Usage: `python tests/run_all_backends.py [pytest arguments...]`. Set `BACKENDS=jax,torch` to
-run a subset. Exits non-zero if any backend's run fails (including "no tests collected").
+Usage: `python tests/run_all_backends.py [pytest arguments...]`, e.g. `-m "not slow"` for the
+fast subset or `-k fit`; the arguments go to pytest unchanged. Set `BACKENDS=jax,torch` to run
+a subset. Each backend's counts are read from pytest's JUnit XML report. Exits non-zero if the
+contracts are broken or any backend's run fails (including "no tests collected").
 """
 
 import os
-import re
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTED = ("passed", "failed", "skipped", "errors")
 
 
+def check_import_contracts():
+    """Runs import-linter on the contracts in pyproject.toml; returns its exit code."""
+    command = [sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
+               "lint_imports_command()", "--no-cache"]
+    print("=== import contracts (lint-imports)", flush=True)
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    report = process.stdout + process.stderr
+    print(report[report.find("Contracts"):] if "Contracts" in report else report, flush=True)
+    return process.returncode
+
+
 def run_backend(backend, pytest_arguments):
+    """Runs pytest on `backend`; returns `(exit code, counts, seconds)`."""
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_arguments]
-    print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    summary = ""
-    for line in process.stdout:
-        print(line, end="", flush=True)
-        if re.search(r"\d+ (passed|failed|error)", line):
-            summary = line
-    counts = {key: 0 for key in COUNTED}
-    for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary):
-        counts["errors" if word.startswith("error") else word] += int(number)
-    return process.wait(), counts, time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as directory:
+        report = Path(directory) / "junit.xml"
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   f"--junitxml={report}", *pytest_arguments]
+        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
+        started = time.perf_counter()
+        code = subprocess.run(command, cwd=REPO, env=environment).returncode
+        seconds = time.perf_counter() - started
+        counts = read_counts(report) if report.exists() else dict.fromkeys(COUNTED, 0)
+    return code, counts, seconds
+
+
+def read_counts(report):
+    """Passed, failed, skipped and errors summed over the report's test suites."""
+    root = ElementTree.parse(report).getroot()
+    suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
+    totals = dict.fromkeys(("tests", "failures", "skipped", "errors"), 0)
+    for suite in suites:
+        for key in totals:
+            totals[key] += int(suite.get(key, 0))
+    failed, errors, skipped = totals["failures"], totals["errors"], totals["skipped"]
+    return {"passed": totals["tests"] - failed - errors - skipped, "failed": failed,
+            "skipped": skipped, "errors": errors}
 
 
 def main():
     backends = os.environ.get("BACKENDS", "tensorflow,jax,torch").split(",")
+    contracts = check_import_contracts()
     results = {backend: run_backend(backend, sys.argv[1:]) for backend in backends}
-    print("\nbackend      exit  passed  failed  skipped  errors  seconds")
+    print(f"\nimport contracts: {'kept' if contracts == 0 else 'BROKEN'}")
+    print("backend      exit  passed  failed  skipped  errors  seconds")
     for backend, (code, counts, seconds) in results.items():
         print(f"{backend:<12} {code:>4}  {counts['passed']:>6}  {counts['failed']:>6}  "
               f"{counts['skipped']:>7}  {counts['errors']:>6}  {seconds:>7.0f}")
     total = {key: sum(counts[key] for _, counts, _ in results.values()) for key in COUNTED}
-    failed = total["failed"] + total["errors"]
+    failed = total["failed"] + total["errors"] + (contracts != 0)
     print(f"total: {total['passed']} passed, {failed} failed, {total['skipped']} skipped")
-    return 0 if all(code == 0 for code, _, _ in results.values()) else 1
+    return 0 if contracts == 0 and all(code == 0 for code, _, _ in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import BACKEND, run_subprocess, write_npz
+from tests.helpers import BACKEND, run_subprocess, write_npz
 
 
 def write(path, text):

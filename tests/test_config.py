@@ -7,13 +7,15 @@ from app.config import Config, config_hash, config_to_dict, dump_config, load_co
 from app.errors import UserError
 
 
-def test_defaults_cover_every_section():
-    config = load_config()
-    assert config == Config()
-    for section in ("data", "model", "optimizer", "schedule", "training", "early_stopping",
-                    "output", "distribution", "tuning", "search"):
-        assert hasattr(config, section)
-    assert isinstance(config.seed, int)
+def test_defaults_and_non_defaults_round_trip_through_yaml(tmp_path):
+    assert load_config() == Config()
+    config = load_config(overrides=["schedule.name=cosine", "schedule.t_max=3.5",
+                                    "optimizer.name=sgd", "optimizer.momentum=0.9",
+                                    "training.accumulation_schedule=[[1, 2], [5, 4]]",
+                                    "data.image_size=[16, 16]", "search={model.width: {choice: [8, 16]}}"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config != Config()
 
 
 def test_file_and_overrides_are_applied_in_order(tmp_path):

@@ -5,7 +5,7 @@ from PIL import Image
 from app.config import DataConfig
 from app.data import feature_statistics, load_dataset
 from app.errors import UserError
-from conftest import write_npz
+from tests.helpers import write_npz
 
 
 def load(source, seed=0, **keys):

@@ -8,7 +8,7 @@ import pytest
 
 from app.config import DistillationConfig, load_config
 from app.distillation import STUDENT_DEFAULTS, build_distiller
-from conftest import BACKEND, FAST, run_subprocess, without_tensorflow_startup_lines
+from tests.helpers import BACKEND, FAST, run_subprocess, without_tensorflow_startup_lines
 
 
 def numpy_distillation_loss(labels, teacher_logits, student_logits, temperature, alpha):
@@ -87,6 +87,7 @@ def teacher_run(tmp_path_factory):
     return runs / "teacher"
 
 
+@pytest.mark.slow
 def test_distill_writes_teacher_scratch_and_distilled_side_by_side(teacher_run, run_cli, runs_dir):
     settings = [*FAST, "seed=3", "output.timestamp=false", "output.name=distilled"]
     code, out, err = run_cli("distill", "--teacher", str(teacher_run),

@@ -2,7 +2,6 @@
 and weights after training on two devices equal to one device on the same global batch."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from app.config import DistributionConfig, load_config
 from app.data import load_dataset
 from app.distribution import Devices, check_distribution, start_distribution
 from app.errors import UserError
-from conftest import BACKEND, run_subprocess
+from tests.helpers import BACKEND, run_subprocess
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 # `python -m app` on two devices: JAX reads XLA_FLAGS; TensorFlow's CPU must be split into two
@@ -94,6 +93,7 @@ def parity(strategy, *flags):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras has no multi-device training on torch")
 def test_two_devices_train_to_the_weights_of_one_device():
     measured = parity(STRATEGY[BACKEND])
@@ -101,12 +101,14 @@ def test_two_devices_train_to_the_weights_of_one_device():
     assert measured["max_abs_difference"] < 1e-5, measured
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "tensorflow",
                     reason="only TensorFlow computes batch statistics per replica")
 def test_tensorflow_needs_synchronized_batch_norm_for_parity():
     assert parity("mirrored", "--unsynchronized")["max_abs_difference"] > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras has no multi-device training on torch")
 @pytest.mark.parametrize("command", ["fit", "tune"])
 def test_fit_and_tune_train_on_two_devices(tmp_path, command):

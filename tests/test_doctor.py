@@ -2,12 +2,14 @@
 
 import keras
 import numpy as np
+import pytest
 
 from app.doctor import _gradients, _initial_loss
-from tests.test_gradients import WithSpareWeight
 from callbacks.gradients import loss_and_gradients
+from tests.helpers import WithSpareWeight
 
 
+@pytest.mark.slow
 def test_doctor_passes_the_default_model(run_cli):
     code, out, err = run_cli("doctor", "--set", "model.width=64")
     assert code == 0, out + err
@@ -16,6 +18,7 @@ def test_doctor_passes_the_default_model(run_cli):
     assert "ln(10)" in lines[0] and "overfits one batch of 32" in lines[3]
 
 
+@pytest.mark.slow
 def test_doctor_fails_a_model_that_cannot_learn(run_cli):
     code, out, _ = run_cli("doctor", "--set", "model.width=64", "--set", "schedule.lr=1e-9")
     assert code == 1

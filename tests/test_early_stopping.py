@@ -11,7 +11,7 @@ import pytest
 from keras.src.callbacks import early_stopping_test as keras_cases
 
 import callbacks
-from tests.test_schedules import WeightRecorder, constant_gradient_model
+from tests.helpers import WeightRecorder, constant_gradient_model
 
 
 class TestKerasOwnCasesAgainstOurs(keras_cases.EarlyStoppingTest):

@@ -8,10 +8,9 @@ import json
 import logging
 import shutil
 
-import numpy as np
 import pytest
 
-from conftest import BACKEND, FAST, run_subprocess, without_tensorflow_startup_lines
+from tests.helpers import BACKEND, FAST, run_subprocess, without_tensorflow_startup_lines
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 ct = pytest.importorskip("coremltools")
@@ -43,6 +42,7 @@ def copy_of(run_dir, tmp_path):
     return target
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_this_backend_exports_with_labels_and_metadata(trained_run, tmp_path):
     run_dir = copy_of(trained_run, tmp_path)
     result = run_subprocess(["-m", "app", "export", str(run_dir), "--batch", "1,4",
@@ -75,6 +75,7 @@ def test_a_model_trained_on_this_backend_exports_with_labels_and_metadata(traine
     assert class_labels(ProgramInterpreter.from_package(package)) == [str(c) for c in classes]
 
 
+@pytest.mark.slow
 def test_export_refuses_another_backend_and_bad_sources(tmp_path):
     result = run_subprocess(["-m", "app", "--backend", "jax", "export", str(tmp_path)])
     assert result.returncode == 2
@@ -85,6 +86,7 @@ def test_export_refuses_another_backend_and_bad_sources(tmp_path):
         f"error: {tmp_path / 'missing.keras'} does not exist; pass a .keras file or a run directory"
 
 
+@pytest.mark.slow
 @tensorflow_only
 @pytest.mark.parametrize("mode", ["int8", "palettize6", "palettize4"])
 def test_compression_shrinks_the_package_and_keeps_the_decisions(mode, trained_run, tmp_path,
@@ -151,6 +153,7 @@ def test_a_corrupted_package_fails_the_gate_and_nothing_is_written(
     assert sorted(path.name for path in run_dir.iterdir()) == before
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_strict_fails_on_neural_engine_errors(trained_run, tmp_path, run_cli):
     run_dir = copy_of(trained_run, tmp_path)

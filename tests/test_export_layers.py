@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.errors import UserError
-from conftest import BACKEND
+from tests.helpers import BACKEND
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 pytest.importorskip("coremltools")
@@ -129,7 +129,7 @@ def recurrent_family():
 
 def project_models():
     from app.config import ModelConfig
-    from models import build_model
+    from app.tables.architectures import build_model
 
     return build_model(ModelConfig(architecture="cnn", size="student", activation="silu"),
                        (8, 8, 1), 10, mean=np.full(1, 5.0), variance=np.full(1, 30.0))

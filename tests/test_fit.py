@@ -9,33 +9,14 @@ import numpy as np
 import pytest
 import yaml
 
-import app.training
+import app.engine
+import app.rundir
 from app.config import load_config
 from app.data import load_dataset
 from app.reporting import read_history_csv
-from conftest import BACKEND, FAST, run_subprocess
+from tests.helpers import BACKEND, fit, fit_arguments, only_run, run_subprocess
 
 RUN_FILES = {"config.yaml", "classes.json", "history.csv", "best.keras", "metrics.json", "curves.png"}
-
-
-def fit_arguments(*overrides):
-    """`fit` with the fast settings and `overrides`, as command-line arguments."""
-    arguments = ["fit"]
-    for override in [*FAST, *overrides]:
-        arguments += ["--set", override]
-    return arguments
-
-
-def fit(run_cli, *overrides):
-    code, out, err = run_cli(*fit_arguments(*overrides))
-    assert code == 0, err
-    return out
-
-
-def only_run(runs_dir):
-    runs = list(runs_dir.iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 def test_fit_on_digits_writes_a_complete_run(run_cli, runs_dir):
@@ -98,6 +79,7 @@ def test_test_split_is_evaluated_exactly_once_and_never_during_training(run_cli,
     assert seen == [("fit", False), ("validation", False), ("evaluate test", True)]
 
 
+@pytest.mark.slow
 def test_cnn_student_with_schedule_smoothing_and_clipping(run_cli, runs_dir):
     fit(run_cli, "model.architecture=cnn", "model.size=student", "model.width=null",
         "optimizer.name=sgd", "schedule.lr=0.05", "optimizer.momentum=0.9",
@@ -119,6 +101,7 @@ def test_cnn_student_with_schedule_smoothing_and_clipping(run_cli, runs_dir):
     assert model.loss.label_smoothing == 0.1
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics(run_cli, runs_dir):
     fit(run_cli, "training.epochs=3", "output.name=a")
     fit(run_cli, "training.epochs=3", "output.name=b")
@@ -131,7 +114,7 @@ def test_a_failure_while_writing_leaves_no_run_directory(run_cli, runs_dir, monk
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(app.training, "write_reports", broken)
+    monkeypatch.setattr(app.rundir, "write_reports", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         fit(run_cli, "training.epochs=1")
     assert list(runs_dir.iterdir()) == []
@@ -142,8 +125,8 @@ def test_an_interrupted_run_leaves_no_run_directory(run_cli, runs_dir, monkeypat
         def on_epoch_end(self, epoch, logs=None):
             os.kill(os.getpid(), signal.SIGINT)
 
-    train_model = app.training.train_model
-    monkeypatch.setattr(app.training, "train_model", lambda *args, **kwargs: train_model(
+    train_model = app.engine.train_model
+    monkeypatch.setattr(app.engine, "train_model", lambda *args, **kwargs: train_model(
         *args, extra_callbacks=[CtrlC()]))
     code, _, err = run_cli(*fit_arguments())
     assert code == 130 and "no run directory was written" in err
@@ -155,8 +138,8 @@ def test_an_exception_in_training_leaves_no_run_directory(run_cli, runs_dir, mon
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt
 
-    train_model = app.training.train_model
-    monkeypatch.setattr(app.training, "train_model", lambda *args, **kwargs: train_model(
+    train_model = app.engine.train_model
+    monkeypatch.setattr(app.engine, "train_model", lambda *args, **kwargs: train_model(
         *args, extra_callbacks=[Interrupt()]))
     code, _, err = run_cli(*fit_arguments())
     assert code == 130
@@ -176,6 +159,7 @@ def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir, guard
     assert list(runs_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_best_keras_predicts_the_same_on_the_other_backends(run_cli, runs_dir, tmp_path):
     fit(run_cli, "training.epochs=2", "model.architecture=cnn", "model.size=student")
     run = only_run(runs_dir)
@@ -204,6 +188,7 @@ def test_early_stopping_keys_reach_the_callback(run_cli, runs_dir):
     assert metrics["epochs_run"] == 1 and metrics["best"]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_radam_with_lookahead_trains_and_best_keras_loads(run_cli, runs_dir):
     fit(run_cli, "training.epochs=4", "optimizer.name=radam", "optimizer.lookahead=true",
         "schedule.lr=1e-2")
@@ -214,6 +199,7 @@ def test_radam_with_lookahead_trains_and_best_keras_loads(run_cli, runs_dir):
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_noise_scale_lands_in_the_history(run_cli, runs_dir):
     fit(run_cli, "training.epochs=2", "training.noise_scale=true")
     scales = read_history_csv(only_run(runs_dir) / "history.csv")["noise_scale"]

@@ -9,10 +9,10 @@ import yaml
 
 from app.config import load_config
 from app.data import load_dataset
-from app.optimizers import build_schedule
+from app.tables.schedules import build_schedule
 from app.reporting import read_history_csv
-from app.training import steps_per_epoch
-from test_fit import fit, only_run
+from app.engine import steps_per_epoch
+from tests.helpers import fit, only_run
 
 EPOCHS = 4
 SCHEDULES = {
@@ -20,12 +20,14 @@ SCHEDULES = {
     "multistep": ["schedule.milestones=[1, 3]", "schedule.warmup=0.5"],
     "exponential": ["schedule.gamma=0.8"],
     "cosine": ["schedule.min_lr=1e-5", "schedule.warmup=1", "schedule.warmup_start_factor=0.1"],
+    "polynomial": ["schedule.power=2.0", "schedule.warmup=1"],
     "cosine_restarts": ["schedule.t_0=15", "schedule.t_mult=2", "schedule.unit=updates"],
     "cyclic": ["schedule.step_size=1.5", "schedule.cyclic_mode=triangular2"],
     "one_cycle": ["schedule.pct_start=0.25", "schedule.three_phase=true"],
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_fit_with_each_schedule_logs_its_rates(name, run_cli, runs_dir):
     overrides = [f"schedule.name={name}", "schedule.lr=0.004", f"training.epochs={EPOCHS}",
@@ -47,6 +49,7 @@ def scheduled_rates(run):
             for epoch in range(config.training.epochs)]
 
 
+@pytest.mark.slow
 def test_plateau_reduces_a_scheduled_rate_in_fit(run_cli, runs_dir):
     # patience 0 and a threshold no epoch can beat: epoch 1 sets the best, and every epoch
     # from the second on reduces the rate of the next one.
@@ -63,6 +66,7 @@ def test_plateau_reduces_a_scheduled_rate_in_fit(run_cli, runs_dir):
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_fit_with_auto_learning_rate_runs_the_finder_first(run_cli, runs_dir):
     out = fit(run_cli, "schedule.lr=auto", "schedule.name=one_cycle", "training.epochs=3")
     run = only_run(runs_dir)
@@ -90,6 +94,7 @@ def test_lr_find_command_writes_curve_and_suggestion(run_cli, runs_dir):
     assert f"schedule.lr={summary['suggestion']:.3g}" in out
 
 
+@pytest.mark.slow
 def test_accumulation_counts_updates_for_the_schedule(run_cli, runs_dir):
     # 1257 samples in batches of 16 are 79 batches, 20 updates of 4 (the last one partial) per
     # epoch; a step schedule of one epoch halves the rate exactly at each epoch boundary.

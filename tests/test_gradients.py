@@ -6,6 +6,7 @@ import pytest
 
 import callbacks
 from callbacks.gradients import loss_and_gradients
+from tests.helpers import WithSpareWeight
 
 
 def linear_model(weights):
@@ -25,17 +26,6 @@ def test_gradients_equal_the_closed_form_of_least_squares():
     residual = x @ w[:, None] - y
     assert loss == pytest.approx(float(np.mean(residual**2)), rel=1e-5)
     np.testing.assert_allclose(gradient, 2 * x.T @ residual / len(x), rtol=1e-4, atol=1e-6)
-
-
-class WithSpareWeight(keras.layers.Layer):
-    """A layer whose second weight takes no part in the output."""
-
-    def build(self, input_shape):
-        self.used = self.add_weight(shape=(input_shape[-1], 2), name="used")
-        self.spare = self.add_weight(shape=(2,), name="spare")
-
-    def call(self, x):
-        return keras.ops.matmul(x, self.used)
 
 
 def test_unused_variables_have_no_or_zero_gradient_and_layer_state_is_kept():

@@ -15,7 +15,7 @@ ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import mil_list  # noqa: E402
 
-from export.interpreter import ProgramInterpreter, UnsupportedOperation  # noqa: E402
+from export import ProgramInterpreter, UnsupportedOperation  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

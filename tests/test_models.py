@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from app.config import ModelConfig
-from models import SIZES, build_cnn, build_mlp, build_model
+from app.tables.architectures import ARCHITECTURES, build_model
+from models import build_cnn, build_mlp
 
 
 def layer_types(model):
@@ -18,11 +19,17 @@ def test_students_are_much_smaller_than_teachers(architecture):
     assert teacher.output_shape == student.output_shape == (None, 10)
 
 
-def test_outputs_are_logits_without_softmax():
-    model = build_mlp((6,), 4, width=8, depth=1)
-    assert model.layers[-1].get_config()["activation"] == "linear"
-    logits = model.predict(np.random.default_rng(0).normal(size=(5, 6)) * 10, verbose=0)
-    assert not np.allclose(logits.sum(axis=1), 1.0)
+@pytest.mark.parametrize("build", [lambda: build_mlp((6,), 4, width=8, depth=1),
+                                   lambda: build_cnn((6, 6, 1), 4, filters=2, depth=1, width=8)])
+def test_outputs_are_logits_without_softmax(build):
+    model = build()
+    x = np.random.default_rng(0).normal(size=(5, *model.input_shape[1:])) * 10
+    # The output must be exactly the last layer's affine map of its input: no activation.
+    logits_layer = model.get_layer("logits")
+    hidden = keras.Model(model.input, logits_layer.input).predict(x, verbose=0)
+    kernel, bias = (keras.ops.convert_to_numpy(weight) for weight in logits_layer.weights)
+    np.testing.assert_allclose(model.predict(x, verbose=0), hidden @ kernel + bias,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_options_are_applied():
@@ -73,4 +80,4 @@ def test_standardization_is_inside_the_model():
 def test_config_overrides_the_preset():
     model = build_model(ModelConfig(architecture="mlp", size="student", width=7, depth=2), (5,), 3)
     assert [model.get_layer(f"dense_{i}").units for i in range(2)] == [7, 7]
-    assert SIZES[("mlp", "student")]["width"] != 7
+    assert ARCHITECTURES.row("mlp").presets["student"]["width"] != 7

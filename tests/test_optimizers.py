@@ -6,34 +6,9 @@ import pytest
 import torch
 
 from app.config import OptimizerConfig, ScheduleConfig, TrainingConfig
-from app.optimizers import build_optimizer, build_schedule, default_learning_rate
-
-RNG = np.random.default_rng(0)
-START = RNG.normal(size=5).astype(np.float32)
-TARGET = RNG.normal(size=5).astype(np.float32)
-SCALE = np.arange(1, 6, dtype=np.float32)  # uneven curvature, so clipping and scaling matter
-
-
-def keras_trajectory(optimizer, steps=6):
-    variable = keras.Variable(START.copy())
-    for _ in range(steps):
-        weights = keras.ops.convert_to_numpy(variable)
-        gradient = 2 * (weights - TARGET) * SCALE
-        optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
-    return keras.ops.convert_to_numpy(variable)
-
-
-def torch_trajectory(make_optimizer, clip=None, steps=6):
-    parameter = torch.nn.Parameter(torch.tensor(START, dtype=torch.float64))
-    optimizer = make_optimizer([parameter])
-    for _ in range(steps):
-        optimizer.zero_grad()
-        ((parameter - torch.tensor(TARGET, dtype=torch.float64)) ** 2 * torch.tensor(SCALE)).sum().backward()
-        if clip is not None:
-            clip(parameter)
-        optimizer.step()
-    return parameter.detach().numpy()
-
+from app.tables.optimizers import build_optimizer, default_learning_rate
+from app.tables.schedules import build_schedule
+from tests.helpers import START, keras_trajectory, torch_trajectory
 
 EPS = 1e-7  # Keras's default epsilon; torch's defaults differ, so the reference uses Keras's.
 CASES = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import callbacks
-from tests.test_schedules import WeightRecorder, constant_gradient_model
+from tests.helpers import WeightRecorder, constant_gradient_model
 
 SETTINGS = [
     dict(mode="min", factor=0.5, patience=2, threshold=1e-4, threshold_mode="rel", cooldown=0),
@@ -112,8 +112,14 @@ def test_missing_monitor_warns_and_changes_nothing():
     model.optimizer.build(model.trainable_variables)
     plateau = callbacks.ReduceLROnPlateau(monitor="val_auc", patience=0)
     plateau.set_model(model)
-    with pytest.warns(UserWarning, match="'val_auc' is not in the logs"):
-        plateau.on_epoch_end(0, {"loss": 1.0})
+    plateau.on_train_begin()
+    before = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    for epoch in range(3):
+        with pytest.warns(UserWarning, match="'val_auc' is not in the logs"):
+            plateau.on_epoch_end(epoch, {"loss": 1.0})
+    # With patience 0, three epochs without improvement would have cut the rate each time.
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == before
+    assert (plateau.best, plateau.bad_epochs, plateau.cooldown_counter) == (None, 0, 0)
 
 
 def test_auto_mode_and_copies_and_config():

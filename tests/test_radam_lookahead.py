@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import callbacks
-from tests.test_optimizers import START, keras_trajectory, torch_trajectory
+from tests.helpers import START, keras_trajectory, torch_trajectory
 
 RADAM_CASES = {
     "default": (dict(learning_rate=1e-2), lambda p: torch.optim.RAdam(p, lr=1e-2)),
@@ -123,7 +123,7 @@ def test_bad_arguments():
 
 def test_config_builds_radam_and_lookahead():
     from app.config import load_config
-    from app.optimizers import build_optimizer
+    from app.tables.optimizers import build_optimizer
 
     config = load_config(overrides=["optimizer.name=radam", "optimizer.beta_2=0.99",
                                     "optimizer.lookahead=true", "optimizer.lookahead_sync_period=6"])

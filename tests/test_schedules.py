@@ -7,6 +7,7 @@ import torch
 import keras
 
 import callbacks
+from tests.helpers import WeightRecorder, constant_gradient_model
 
 L = torch.optim.lr_scheduler
 
@@ -44,6 +45,10 @@ CASES = [
     ("one-cycle-cos-3", lambda: callbacks.OneCycle(0.3, 50, 0.4, "cos", 10.0, 100.0, True),
      lambda o: L.OneCycleLR(o, 0.3, 50, pct_start=0.4, div_factor=10, final_div_factor=100,
                             three_phase=True), 0.3, 50),
+    ("polynomial", lambda: callbacks.PolynomialDecay(0.1, total_steps=1000),
+     lambda o: L.PolynomialLR(o, 1000), 0.1, 1100),
+    ("polynomial-cubic", lambda: callbacks.PolynomialDecay(3e-3, 37, power=3.0),
+     lambda o: L.PolynomialLR(o, 37, power=3.0), 3e-3, 60),
     ("warmup-cosine", lambda: callbacks.Warmup(callbacks.CosineAnnealing(0.1, 100), 20, 0.1),
      lambda o: L.SequentialLR(o, [L.LinearLR(o, 0.1, 1.0, 20), L.CosineAnnealingLR(o, 100)],
                               [20]), 0.1, 120),
@@ -110,27 +115,10 @@ def test_schedule_round_trips_through_its_config(name, make, make_torch, learnin
 def test_schedules_hold_their_final_value_after_the_end():
     cosine = callbacks.CosineAnnealing(0.1, t_max=10, eta_min=0.01)
     assert values(cosine, 40)[10:] == pytest.approx([0.01] * 31)
+    # OneCycleLR steps up to total_steps and raises after; ours holds that last rate.
     one_cycle = callbacks.OneCycle(0.1, total_steps=20)
-    tail = values(one_cycle, 50)[20:]
-    assert np.all(tail == tail[0])
-
-
-def constant_gradient_model(schedule):
-    """A model whose SGD update is exactly `-lr`: one weight, loss = the weight itself."""
-    inputs = keras.Input(shape=(1,))
-    outputs = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")(inputs)
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.SGD(schedule),
-                  loss=lambda y_true, y_pred: keras.ops.mean(y_pred), jit_compile="auto")
-    return model
-
-
-class WeightRecorder(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.weights = [float(keras.ops.convert_to_numpy(self.model.trainable_weights[0])[0, 0])]
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append(float(keras.ops.convert_to_numpy(self.model.trainable_weights[0])[0, 0]))
+    last = torch_rates(lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, 20), 0.1, 20)[-1]
+    assert values(one_cycle, 50)[20:] == pytest.approx([last] * 31, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cosine-floor", "restarts-doubling", "cyclic-asymmetric-2",

@@ -5,7 +5,7 @@ import pytest
 
 from app.config import load_config, with_values
 from app.errors import UserError
-from app.search_space import Dimension, declare, parse_search_space
+from app.config.search_space import Dimension, declare, parse_search_space
 
 ISSUE_EXAMPLE = ("search={schedule.lr: {log_uniform: [1e-4, 1e-1]}, model.width: {choice: "
                  "[64, 128, 256]}, training.label_smoothing: {uniform: [0.0, 0.2]}, "

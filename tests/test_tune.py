@@ -15,7 +15,7 @@ import yaml
 from app.config import load_config
 from app.data import load_dataset
 from app.hypermodel import ConfiguredHyperModel, without_test_split
-from conftest import BACKEND, REPO, run_subprocess
+from tests.helpers import BACKEND, REPO, run_subprocess
 
 SEARCH_FILES = {"config.yaml", "best_config.yaml", "leaderboard.csv", "best.keras",
                 "metrics.json", "history.csv", "curves.png", "classes.json", "tuner"}
@@ -46,6 +46,7 @@ def read_leaderboard(search_dir):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tuner, objective", [
     ("random", "val_loss"), ("bayesian", "val_accuracy"), ("hyperband", "val_loss")])
 def test_a_search_writes_a_ranked_leaderboard_and_a_tested_best_model(run_cli, runs_dir, tuner,
@@ -90,6 +91,7 @@ def test_the_search_never_sees_the_test_split():
     assert hypermodel.dataset.x_test is None and hypermodel.dataset.y_test is None
 
 
+@pytest.mark.slow
 def test_failed_trials_are_listed_with_their_reason(run_cli, runs_dir):
     code, out, err = run_cli(*tune_arguments(
         "search={schedule.name: {choice: [constant, step]}, schedule.lr: {choice: [0.01]}}",
@@ -103,6 +105,7 @@ def test_failed_trials_are_listed_with_their_reason(run_cli, runs_dir):
     assert "failed: " in out
 
 
+@pytest.mark.slow
 def test_a_search_where_every_trial_fails_is_one_line_and_leaves_nothing(run_cli, runs_dir):
     code, out, err = run_cli(*tune_arguments(
         "search={schedule.lr: {choice: [1.0e+6, 1.0e+7]}}", "optimizer.name=sgd",
@@ -147,6 +150,7 @@ def test_bad_tune_arguments_are_one_line_errors(run_cli, arguments, message):
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_resumes_where_it_stopped(run_cli, runs_dir, tmp_path):
     command = [sys.executable, "-m", "app", "tune", *tune_arguments("tuning.max_trials=4")[1:],
                "--set", f"output.dir={runs_dir}"]
@@ -173,6 +177,7 @@ def test_an_interrupted_search_resumes_where_it_stopped(run_cli, runs_dir, tmp_p
     assert "trial 1/4" not in out  # the finished trial was not run again
 
 
+@pytest.mark.slow
 def test_trials_can_run_in_bounded_worker_processes(run_cli, runs_dir):
     code, out, err = run_cli(*tune_arguments("tuning.max_trials=2",
                                              "tuning.trials_per_process=1"))
@@ -181,6 +186,7 @@ def test_trials_can_run_in_bounded_worker_processes(run_cli, runs_dir):
     assert [row["status"] for row in rows] == ["completed", "completed"]
 
 
+@pytest.mark.slow
 def test_a_chief_and_two_workers_search_together(tmp_path):
     port = _free_port()
     common = ["-m", "app", "tune", *tune_arguments("tuning.max_trials=4")[1:],
@@ -202,6 +208,7 @@ def test_a_chief_and_two_workers_search_together(tmp_path):
     assert "search            4/4 trials completed" in chief_out
 
 
+@pytest.mark.slow
 def test_a_worker_with_another_configuration_is_refused(tmp_path):
     partial = tmp_path / "runs" / "shared-search.partial"
     partial.mkdir(parents=True)

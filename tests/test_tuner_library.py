@@ -4,6 +4,7 @@ optimizers and losses, on the backend under test."""
 import keras
 import keras_tuner
 import numpy as np
+import pytest
 
 import callbacks
 
@@ -36,6 +37,7 @@ def build(hp):
     return model
 
 
+@pytest.mark.slow
 def test_a_users_random_search_runs_with_the_projects_callbacks(tmp_path):
     x, y = make_data()
     stopper = callbacks.EarlyStopping(monitor="val_loss", patience=2)

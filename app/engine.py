@@ -1,74 +1,39 @@
-"""`python -m app fit`: train, select the best epoch on validation data, test once, write the run.
+"""The training engine: build, compile, train and test a configured model.
 
-The order matters: the configuration and the data are checked and the run directory is
-planned before Keras starts, so bad input fails fast and leaves nothing behind.
+It knows no command line and no file layout: callers (the commands, `tune`'s trials, the
+benchmarks) give it a configuration, a dataset and the path where the best epoch's model
+goes, and get back the history and the metrics.
 
 ```python
-config = load_config(overrides=["training.epochs=5"])
-run_dir, metrics = run_fit(config)   # runs/mlp-teacher-<timestamp>/, metrics.json
+config = resolve_config(load_config(overrides=["training.epochs=5"]), "mlp-teacher")
+dataset = load_dataset(config.data, seed=config.seed)
+history, metrics = train_and_test(config, dataset, Path("best.keras"))
 ```
 """
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
 
-from app.config import config_hash, dump_config
-from app.data import BUNDLED_DATASETS, load_dataset
+from app.config import config_hash
+from app.data import BUNDLED_DATASETS
 from app.distribution import start_distribution, stop_distribution
 from app.errors import UserError
-from app.rundir import StagedRunDirectory, plan_run_directory
+from app.tables.architectures import ARCHITECTURES
 
-CLASS_NAMES_FILE = "classes.json"
 # Training samples that `training.noise_scale` estimates the gradient noise scale on.
 NOISE_SCALE_SAMPLES = 1024
 
 
-def run_fit(config):
-    """Trains the configured model and writes a complete run directory.
-
-    Args:
-        config: a validated `app.config.Config`.
-
-    Returns:
-        `(run_dir, metrics)`: the path of the run directory and what `metrics.json` holds.
-
-    Raises:
-        UserError: on bad data, a model that cannot take the data, or a run whose monitored
-            metric was never finite.
-    """
-    dataset = load_dataset(config.data, seed=config.seed)
-    check_model_fits_data(config.model, dataset)
-    name = default_run_name(config)
-    run_dir = plan_run_directory(config.output, name)
-    config = resolve(config, name)
-
-    with StagedRunDirectory(run_dir) as run:
-        lr_finder = None
-        if config.schedule.lr == "auto":
-            lr_finder = _find_learning_rate(config, dataset, run.staging)
-            config = dataclasses.replace(
-                config, schedule=dataclasses.replace(config.schedule, lr=lr_finder["suggestion"]))
-        (run.staging / "config.yaml").write_text(dump_config(config))
-        (run.staging / CLASS_NAMES_FILE).write_text(json.dumps(dataset.class_names) + "\n")
-        history, metrics = train_and_test(config, dataset, run.staging)
-        if lr_finder is not None:
-            metrics["lr_finder"] = lr_finder
-        write_reports(run.staging, history, metrics, title=run_dir.name)
-        path = run.commit()
-    return path, metrics
-
-
-def train_and_test(config, dataset, staging, teacher=None):
-    """Trains the configured model on the configured devices, keeps `staging/best.keras`
-    and evaluates it once on the test split.
+def train_and_test(config, dataset, checkpoint_path, teacher=None):
+    """Trains the configured model on the configured devices, keeps the best epoch's model
+    at `checkpoint_path` and evaluates it once on the test split.
 
     Args:
         config: the resolved configuration.
         dataset: the `app.data.Dataset`.
-        staging: the folder that receives `best.keras`.
+        checkpoint_path: where the best epoch's model is saved (a `.keras` path).
         teacher: a trained model to distil into the configured one (`distill`), or `None`.
 
     Returns:
@@ -88,12 +53,12 @@ def train_and_test(config, dataset, staging, teacher=None):
             from app.distillation import build_distiller
 
             trained = build_distiller(teacher, model, config.distillation)
-        history, checkpoint, nan_report = train_model(trained, config, training_data, staging,
-                                                      kept_model=model)
+        history, checkpoint, nan_report = train_model(trained, config, training_data,
+                                                      checkpoint_path, kept_model=model)
     finally:
         stop_distribution(devices)
     train_seconds = time.perf_counter() - started
-    best_model = _load_best_model(staging / "best.keras", config)
+    best_model = _load_best_model(Path(checkpoint_path), config)
     test_loss, test_accuracy = best_model.evaluate(
         dataset.x_test, dataset.y_test, batch_size=config.training.batch_size, verbose=0
     )
@@ -105,19 +70,14 @@ def train_and_test(config, dataset, staging, teacher=None):
     return history, metrics
 
 
-def default_run_name(config):
-    """`output.name`, else `<architecture>-<size>`."""
-    return config.output.name or f"{config.model.architecture}-{config.model.size}"
-
-
-def resolve(config, name):
+def resolve_config(config, name):
     """The configuration with every default that depends on other keys filled in.
 
     The result, written to `config.yaml`, repeats the run exactly: the learning rate is
     the optimizer's actual default, the data path is absolute and the run has its name.
-    (`schedule.lr: auto` is resolved by `run_fit` once the LR finder has run.)
+    (`schedule.lr: auto` is resolved by `fit` once the LR finder has run.)
     """
-    from app.optimizers import default_learning_rate
+    from app.tables.optimizers import default_learning_rate
 
     schedule = config.schedule
     if schedule.lr is None:
@@ -140,9 +100,10 @@ def build_compiled_model(config, dataset, devices=None):
     """
     import keras
 
-    from app.optimizers import build_optimizer, build_schedule
+    from app.tables.architectures import build_model
+    from app.tables.optimizers import build_optimizer
+    from app.tables.schedules import build_schedule
     from callbacks import SparseCategoricalCrossentropy
-    from models import build_model
 
     statistics = {}
     if config.data.normalize:
@@ -179,34 +140,34 @@ def steps_per_epoch(config, dataset):
     return math.ceil(batches / first_epoch_steps)
 
 
-def _find_learning_rate(config, dataset, directory):
-    from app.lr_find import find_learning_rate, write_lr_find
-
-    finder = find_learning_rate(config, dataset, rule=config.schedule.lr_rule)
-    return write_lr_find(finder, directory)
-
-
 def check_model_fits_data(model_config, dataset):
+    """Refuses a model that cannot take the data: the wrong number of classes or of axes.
+
+    Raises:
+        UserError: naming the key to change.
+    """
     if model_config.num_classes is not None and model_config.num_classes != dataset.num_classes:
         raise UserError(
             f"model.num_classes is {model_config.num_classes} but {dataset.description} has "
             f"{dataset.num_classes} classes; set model.num_classes to {dataset.num_classes} or null"
         )
-    if model_config.architecture == "cnn" and len(dataset.input_shape) != 3:
+    rank = ARCHITECTURES.row(model_config.architecture).input_rank
+    if rank is not None and len(dataset.input_shape) != rank:
         raise UserError(
-            f"model.architecture cnn needs images (height, width, channels) but "
-            f"{dataset.description} has samples of shape {dataset.input_shape}; use mlp"
+            f"model.architecture {model_config.architecture} needs images (height, width, "
+            f"channels) but {dataset.description} has samples of shape {dataset.input_shape}; "
+            f"use mlp"
         )
 
 
-def train_model(model, config, dataset, staging, extra_callbacks=(), kept_model=None):
-    """Trains a compiled model with the configured callbacks; keeps `staging/best.keras`.
+def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kept_model=None):
+    """Trains a compiled model with the configured callbacks; keeps the best epoch's model.
 
     Args:
         model: a model from `build_compiled_model` (or a distiller around one).
         config: the resolved configuration.
         dataset: the `app.data.Dataset`; its test split is not used.
-        staging: the folder that receives `best.keras`.
+        checkpoint_path: where the best epoch's model is saved (a `.keras` path).
         extra_callbacks: more callbacks, run after the configured ones (benchmarks use this).
         kept_model: the model that `best.keras` holds when it is not `model` (a
             distiller's student).
@@ -222,7 +183,7 @@ def train_model(model, config, dataset, staging, extra_callbacks=(), kept_model=
     """
     from callbacks import BestModelCheckpoint
 
-    checkpoint = BestModelCheckpoint(staging / "best.keras", monitor=config.early_stopping.monitor,
+    checkpoint = BestModelCheckpoint(checkpoint_path, monitor=config.early_stopping.monitor,
                                      mode=config.early_stopping.mode, saved_model=kept_model)
     result, nan_report = fit_configured(model, config, dataset,
                                         callbacks=[checkpoint, *extra_callbacks])
@@ -253,18 +214,15 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         KeyboardInterrupt: after a graceful Ctrl-C.
     """
     from callbacks import EarlyStopping, NaNGuard
-    from callbacks.best_model_checkpoint import resolve_mode
 
     stopping = config.early_stopping
-    mode = resolve_mode(stopping.monitor, stopping.mode)
     configured = _optional_callbacks(config, dataset)
     guard = stopper = None
     if config.training.nan_guard:
-        guard = NaNGuard(monitor=stopping.monitor, mode=mode, verbose=0)
+        guard = NaNGuard(monitor=stopping.monitor, mode=stopping.mode, verbose=0)
         configured.append(guard)
     if stopping.enabled:
-        # The resolved mode, so that a checkpoint and early stopping agree on the direction.
-        stopper = EarlyStopping(**{**_settings(stopping), "mode": mode})
+        stopper = EarlyStopping(**_settings(stopping))
         configured.append(stopper)
     fit_arguments.setdefault("epochs", config.training.epochs)
     result = model.fit(
@@ -285,7 +243,7 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
 def _optional_callbacks(config, dataset):
     """The learning-rate monitor, then plateau reduction, noise scale and accumulation as
     configured (the accumulation scheduler after the noise scale, which it may follow)."""
-    from app.optimizers import accumulates
+    from app.tables.optimizers import accumulates
     from callbacks import (AccumulationScheduler, GradientNoiseScale, LearningRateMonitor,
                            ReduceLROnPlateau)
 
@@ -363,12 +321,3 @@ def _metrics(config, dataset, history, checkpoint, model, train_seconds, wall_se
         "data_fingerprint": dataset.fingerprint,
         "config_hash": config_hash(config),
     }
-
-
-def write_reports(staging, history, metrics, title):
-    """Writes `history.csv`, `metrics.json` and `curves.png` into `staging`."""
-    from app.reporting import plot_curves, write_history_csv, write_json
-
-    write_history_csv(history, staging / "history.csv")
-    write_json(metrics, staging / "metrics.json")
-    plot_curves(history, staging / "curves.png", title=title, best_epoch=metrics["best"]["epoch"])

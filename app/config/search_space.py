@@ -22,9 +22,9 @@ trial_config = with_values(config, values)
 """
 
 import dataclasses
-import typing
 
-from app.config import check_value, field_of
+from app.config.schema import MOVED_KEYS, Config
+from app.config.validation import base_type, check_value, field_of
 from app.errors import UserError
 
 DISTRIBUTIONS = ("choice", "uniform", "log_uniform", "int")
@@ -96,14 +96,14 @@ def _dimension(key, spec):
     if key.split(".")[0] not in SEARCHABLE_SECTIONS:
         raise UserError(f"{where}: only keys of {', '.join(SEARCHABLE_SECTIONS)} can be searched "
                         "(data, seed and output stay fixed so that trials are comparable)")
-    annotation, metadata = field_of(key)
+    annotation, metadata = field_of(Config, key, renamed=MOVED_KEYS)
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
         raise UserError(f"{where} must be one of {{choice: [...]}}, {{uniform: [low, high]}}, "
                         f"{{log_uniform: [low, high]}} or {{int: [low, high]}}; got {spec!r}")
     kind, values = next(iter(spec.items()))
     if not isinstance(values, list) or not values:
         raise UserError(f"{where}.{kind} must be a non-empty list; got {values!r}")
-    base = _base_type(annotation)
+    base = base_type(annotation)
     if base is list:
         raise UserError(f"{where}: list-valued keys cannot be searched")
     if kind == "choice":
@@ -143,13 +143,3 @@ def _check_bounds(where, kind, key, low, high, annotation, metadata):
             raise UserError(f"{where}.{kind} bounds must be numbers; got [{low}, {high}]")
     if not low < high:
         raise UserError(f"{where}.{kind} needs low < high; got [{low}, {high}]")
-
-
-def _base_type(annotation):
-    """`float` for `Optional[float]`, `list` for `list[int]`, else the annotation."""
-    arguments = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if typing.get_origin(annotation) is list:
-        return list
-    if arguments:
-        return _base_type(arguments[0])
-    return annotation

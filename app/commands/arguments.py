@@ -1,0 +1,96 @@
+"""What the commands share: parent parsers, argument types, and starting a configured run.
+
+```python
+parser = subparsers.add_parser("fit", parents=[BACKEND, CONFIGURED, DISTRIBUTED])
+config = prepare(arguments, flags={"distribution.strategy": arguments.distribution})
+```
+"""
+
+import argparse
+import os
+
+from app.backend import BACKENDS, DEFAULT_BACKEND
+from app.config.schema import DISTRIBUTION_STRATEGIES
+
+BACKEND_HELP = (f"Keras backend: {', '.join(BACKENDS)} (default: $KERAS_BACKEND, "
+                f"else {DEFAULT_BACKEND})")
+
+# `--backend` after the command; SUPPRESS keeps a value given before the command.
+BACKEND = argparse.ArgumentParser(add_help=False)
+BACKEND.add_argument("--backend", default=argparse.SUPPRESS, help=BACKEND_HELP)
+
+CONFIGURED = argparse.ArgumentParser(add_help=False)
+CONFIGURED.add_argument("--config", help="YAML configuration file (defaults for every key)")
+CONFIGURED.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override one key, e.g. --set training.epochs=20 (repeatable)")
+
+DISTRIBUTED = argparse.ArgumentParser(add_help=False)
+DISTRIBUTED.add_argument("--distribution", choices=DISTRIBUTION_STRATEGIES,
+                         help="train on several devices (config: distribution.strategy): "
+                              "mirrored or tpu on tensorflow, data-parallel on jax")
+DISTRIBUTED.add_argument("--tpu", metavar="NAME",
+                         help="the Cloud TPU to connect to (default: this TPU VM's chips)")
+
+
+def distribution_flags(arguments):
+    """The configuration keys that `--distribution` and `--tpu` set."""
+    return {"distribution.strategy": arguments.distribution, "distribution.tpu": arguments.tpu}
+
+
+def load_configuration(arguments, flags=None, defaults=None):
+    """The validated configuration of `--config`, `--set` and the command's own flags.
+
+    Args:
+        arguments: the parsed arguments (with `config` and `overrides`).
+        flags: `{dotted key: value or None}` set by the command's flags (after `--set`).
+        defaults: dotted keys that replace the built-in defaults for this command.
+    """
+    from app.config import load_config
+
+    given = [f"{key}={value}" for key, value in (flags or {}).items() if value is not None]
+    return load_config(arguments.config, [*arguments.overrides, *given], defaults=defaults)
+
+
+def start_backend(name, config=None):
+    """Selects the Keras backend (before Keras is imported) and checks `config`'s devices
+    against it; returns the backend's name."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
+    from app.backend import select_backend
+
+    backend = select_backend(name)
+    if config is not None:
+        from app.distribution import check_distribution
+
+        check_distribution(config.distribution, backend)
+    return backend
+
+
+def prepare(arguments, flags=None, defaults=None):
+    """Loads the configuration, then starts the backend: bad input fails before Keras."""
+    config = load_configuration(arguments, flags, defaults)
+    start_backend(arguments.backend, config)
+    return config
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    return value
+
+
+def positive_int(text):
+    return int_at_least(1)(text)
+
+
+def int_at_least(minimum):
+    """An argument type for integers >= `minimum`."""
+    def parse(text):
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text}")
+        return int(text)
+    return parse
