@@ -197,3 +197,16 @@ def test_export_without_tensorflow_says_what_to_install(run_cli, monkeypatch, tm
     assert code == 2
     assert err == ("error: export converts through TensorFlow and coremltools: "
                    "pip install 'efficient-learning[coreml]'\n")
+
+
+@tensorflow_only
+def test_an_unconvertible_layer_is_one_line_and_writes_nothing(run_cli, tmp_path):
+    import keras
+
+    inputs = keras.Input((4,), name="input")
+    hidden = keras.layers.Dense(8, activation="gelu", name="hidden")(inputs)
+    keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden)).save(tmp_path / "m.keras")
+    code, out, err = run_cli("export", str(tmp_path / "m.keras"))
+    assert code == 2 and out == ""
+    assert err.startswith("error: layer 'hidden' uses the exact gelu") and err.count("\n") == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.keras"]

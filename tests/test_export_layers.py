@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 
-from app.errors import UserError
 from tests.helpers import BACKEND
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.skipif(
     BACKEND != "tensorflow",
     reason="conversion runs under TensorFlow; other backends export through a subprocess")
 
-from export import ProgramInterpreter, convert, verify_package  # noqa: E402
+from export import ProgramInterpreter, UnconvertibleModel, convert, verify_package  # noqa: E402
 
 
 def approximate_gelu(x):
@@ -190,14 +189,14 @@ def test_exact_gelu_is_refused_naming_the_layer():
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(4, activation="gelu", name="hidden")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
-    with pytest.raises(UserError, match="layer 'hidden' uses the exact gelu.*approximate=True"):
+    with pytest.raises(UnconvertibleModel, match="layer 'hidden' uses the exact gelu.*approximate=True"):
         convert(model, ["a", "b"])
 
 
 def test_recurrent_layers_must_be_unrolled():
     inputs = keras.Input((5, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LSTM(4, name="memory")(inputs)))
-    with pytest.raises(UserError, match="layer 'memory' is recurrent.*unroll=True"):
+    with pytest.raises(UnconvertibleModel, match="layer 'memory' is recurrent.*unroll=True"):
         convert(model, ["a", "b"])
 
 
@@ -207,6 +206,6 @@ def test_a_failed_conversion_is_explained_in_keras_terms():
     picked = keras.layers.Lambda(
         lambda t: keras.ops.one_hot(keras.ops.argmax(t, axis=-1), 3))(logits)
     model = keras.Model(inputs, keras.layers.Dense(2)(picked), name="picker")
-    with pytest.raises(UserError, match="Core ML cannot convert 'picker': it contains "
+    with pytest.raises(UnconvertibleModel, match="Core ML cannot convert 'picker': it contains "
                                         "keras.ops.argmax inside the model"):
         convert(model, ["a", "b"])
