@@ -29,8 +29,8 @@ import keras_tuner
 from app.config import with_values
 from app.config.search_space import declare, parse_search_space
 from app.errors import UserError
+from app.rundir import TUNER_DIR
 
-PROJECT = "tuner"  # KerasTuner's folder in a search directory: oracle.json, trial_*/
 TRIAL_SUMMARY = "trial_summary.json"  # written into each trial's folder
 
 
@@ -271,7 +271,7 @@ def build_tuner(config, hypermodel, directory, devices=None, trial_limit=None):
         "max_consecutive_failed_trials": tuning.max_consecutive_failed_trials,
         "distribution_strategy": devices.tf_strategy if devices is not None else None,
         "directory": str(directory),
-        "project_name": PROJECT,
+        "project_name": TUNER_DIR,
         "overwrite": False,
     }
     if tuning.tuner == "hyperband":

@@ -9,6 +9,7 @@ A run directory (`fit`, `tune`, `distill`; `lr-find` writes a smaller one) holds
 | `history.csv`, `metrics.json`, `curves.png` | `write_reports`, at the end |
 | `lr_find.csv`, `.png`, `.json` | `app.lr_find.write_lr_find`, with `schedule.lr: auto` |
 | `scratch/` | `distill`: the student trained from the labels alone, a run of its own |
+| `leaderboard.csv`, `best_config.yaml`, `tuner/` | `tune` (`app.tuning`), in `<name>.partial/` until done |
 
 Everything is written through a `Staging` folder and moved into place in one step when the
 work succeeds; `fit`, `tune`, `distill` and `export` share that mechanism.
@@ -39,6 +40,12 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 # `distill`: the student trained from the labels alone, a run directory of its own inside.
 SCRATCH_DIR = "scratch"
+# `tune`: a search directory is a run directory with these too; until it is finished it is
+# `<name>.partial/`, which `tune --resume` continues.
+LEADERBOARD_FILE = "leaderboard.csv"
+BEST_CONFIG_FILE = "best_config.yaml"
+TUNER_DIR = "tuner"  # KerasTuner's state: oracle.json, a folder per trial
+PARTIAL_SUFFIX = ".partial"
 # The LR finder's curve and suggestions (`lr-find`, and `fit` with `schedule.lr: auto`).
 LR_FIND_CSV, LR_FIND_PNG, LR_FIND_JSON = "lr_find.csv", "lr_find.png", "lr_find.json"
 # What makes a folder a finished run that `evaluate`, `export` and `distill` accept.

@@ -35,10 +35,10 @@ from app.distribution import check_distribution
 from app.errors import UserError
 from app.config.search_space import parse_search_space
 from app.engine import check_model_fits_data
-from app.rundir import (BEST_MODEL_FILE, CONFIG_FILE, Staging, default_run_name,
-                        plan_run_directory, write_reports, write_run_start)
+from app.rundir import (BEST_CONFIG_FILE, BEST_MODEL_FILE, CONFIG_FILE, LEADERBOARD_FILE,
+                        PARTIAL_SUFFIX, Staging, default_run_name, plan_run_directory,
+                        write_reports, write_run_start)
 
-PARTIAL_SUFFIX = ".partial"
 # tuning.trials_per_process when it is null: TensorFlow's memory grows with every trial.
 DEFAULT_TRIALS_PER_PROCESS = {"tensorflow": 10}
 # Exit codes of `python -m app.search_worker`.
@@ -110,8 +110,8 @@ def run_tune(config, resume=None, role=Role()):
     try:
         with Staging(final, folder=partial, keep_on_interrupt=True,
                      keep_on_error=not fresh) as staging:
-            if fresh:
-                _start_partial(staging, config, dataset)
+            if fresh:  # config.yaml comes last: workers wait for it, --resume looks for it
+                write_run_start(staging.folder, config, dataset.class_names)
             _search(partial, config, dataset, chief=role.kind == "chief")
             metrics = _finish(partial, config, dataset, title=final.name)
             return staging.commit(), metrics
@@ -210,11 +210,6 @@ def _open_partial(path):
     return partial, config
 
 
-def _start_partial(staging, config, dataset):
-    # Writes config.yaml last: workers wait for it, and --resume looks for it.
-    write_run_start(staging.folder, config, dataset.class_names)
-
-
 def _search(partial, config, dataset, chief):
     if chief:
         # The chief only serves the oracle; it returns once every worker has stopped.
@@ -298,13 +293,13 @@ def _finish(partial, config, dataset, title):
         failures = [row["message"] for row in rows if row["message"]]
         raise UserError(f"no trial of the search completed; the last error: "
                         f"{failures[-1] if failures else 'none recorded'}")
-    write_leaderboard_csv(rows, partial / "leaderboard.csv")
+    write_leaderboard_csv(rows, partial / LEADERBOARD_FILE)
     print(format_leaderboard(rows))
     best = best_trials[0]
     values = {key: best.hyperparameters.values[key] for key in keys
               if key in best.hyperparameters.values}
     best_config = dataclasses.replace(with_values(config, values), search={})
-    (partial / "best_config.yaml").write_text(dump_config(best_config))
+    (partial / BEST_CONFIG_FILE).write_text(dump_config(best_config))
     print(f"best trial {int(best.trial_id) + 1}: {oracle.objective.name} {best.score:.4f}; "
           "retraining it and testing once", flush=True)
     history, metrics = train_and_test(best_config, dataset, partial / BEST_MODEL_FILE)

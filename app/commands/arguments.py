@@ -83,10 +83,6 @@ def positive_float(text):
     return value
 
 
-def positive_int(text):
-    return int_at_least(1)(text)
-
-
 def int_at_least(minimum):
     """An argument type for integers >= `minimum`."""
     def parse(text):
@@ -94,3 +90,6 @@ def int_at_least(minimum):
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text}")
         return int(text)
     return parse
+
+
+positive_int = int_at_least(1)
