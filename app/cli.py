@@ -1,8 +1,8 @@
 """The command line: `python -m app {fit,tune,lr-find,distill,doctor,evaluate,export,info} ...`.
 
-Each command lives in its own module under `app/commands/`. User errors are printed as one
-line on stderr with exit code 2 and no traceback; an export whose package fails its checks
-exits 1; Ctrl-C exits 130.
+Each command lives in its own module under `app/commands/`; its handler returns the exit code
+(1 when `doctor` finds a problem or an exported package fails its checks). User errors are
+printed as one line on stderr with exit code 2 and no traceback; Ctrl-C exits 130.
 """
 
 import argparse
@@ -11,7 +11,6 @@ import sys
 from app import __version__
 from app.commands import COMMANDS
 from app.commands.arguments import BACKEND_HELP
-from app.commands.export import ExportFailed
 from app.errors import UserError
 
 
@@ -41,9 +40,6 @@ def main(argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ExportFailed as failure:
-        print(f"error: {failure}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt as interrupt:
         # A search says where its partial directory is; other commands leave nothing.
         what = interrupt.args[0] if interrupt.args else "no run directory was written"

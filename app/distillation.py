@@ -1,10 +1,8 @@
-"""Distillation: a small student learns from a trained teacher (`python -m app distill`).
+"""Distillation: a student learns from a trained teacher (used by `python -m app distill`).
 
-The student (the `model` section, a `student` preset unless configured) is trained twice with
-the same budget, seed and callbacks: once from the labels alone ("scratch") and once with
-Keras's `Distiller` on α·CE(y, s) + (1−α)·T²·KL(softmax(t/T) ‖ softmax(s/T)). Both use the
-teacher's data and splits, so the three test accuracies in `metrics.json` are comparable and
-no test sample was ever seen by the teacher.
+The student trains with Keras's `Distiller` on α·CE(y, s) + (1−α)·T²·KL(softmax(t/T) ‖
+softmax(s/T)) (Hinton et al., 2015), on the teacher's data and splits (`with_teacher_data`),
+so no test sample was ever seen by the teacher.
 
 Keras 3.15's `LogitsDistillation` with its default `loss="kl_divergence"` applies the loss to
 raw logits, skipping the softmax and the T² factor (a measured loss of 25.10 where T²·KL is

@@ -5,14 +5,11 @@ run, is a one-line error (exit 2); a package that fails its checks exits 1 and w
 """
 
 import argparse
+import sys
 
 from app.commands.arguments import BACKEND, start_backend
 from app.errors import UserError
 from export import COMPRESSIONS, PRECISIONS
-
-
-class ExportFailed(Exception):
-    """The package failed its checks: the CLI prints the report and exits 1."""
 
 
 def add_parser(commands):
@@ -69,7 +66,8 @@ def handle(arguments):
         message, result = failure.args
         if result is not None:
             print_export(result)
-        raise ExportFailed(f"{message}; nothing was written") from None
+        print(f"error: {message}; nothing was written", file=sys.stderr)
+        return 1
     print_export(result)
     return 0
 
