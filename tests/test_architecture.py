@@ -147,8 +147,9 @@ def test_each_command_module_registers_its_handler(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args([name, "--help"])
     assert exit_info.value.code == 0 and f"usage: app {name}" in capsys.readouterr().out
-    arguments = parser.parse_args([name, *{"evaluate": ["run"], "export": ["run"],
-                                           "distill": ["--teacher", "run"]}.get(name, [])])
+    required = {"evaluate": ["run"], "export": ["run"], "distill": ["--teacher", "run"],
+                "make-dataset": ["shapes", "folder"]}
+    arguments = parser.parse_args([name, *required.get(name, [])])
     assert arguments.handler is command.handle
 
 
