@@ -22,6 +22,8 @@ from app.errors import UserError
 
 BUNDLED_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# How many file names a report lists before it only counts.
+NAMES_SHOWN = 5
 
 
 @dataclasses.dataclass
@@ -38,6 +40,8 @@ class Dataset:
             and variance of `x_train` alone.
         fingerprint: a hash of the source features and labels, to recognise the same data.
         description: a one-line description of the source.
+        report: what loading and splitting found and did, for `metrics.json`: ignored
+            files, skipped images, samples duplicated across splits.
     """
 
     x_train: np.ndarray
@@ -54,6 +58,7 @@ class Dataset:
     feature_variance: np.ndarray
     fingerprint: str
     description: str
+    report: dict = dataclasses.field(default_factory=dict)
 
     @property
     def input_shape(self):
@@ -88,9 +93,10 @@ def load_dataset(data_config, seed):
         UserError: when the data is missing, malformed, empty, has non-finite features,
             fewer than two classes, or too few samples of a class to split.
     """
-    features, labels, description = load_arrays(data_config)
+    report = {}
+    features, labels, description = load_arrays(data_config, report)
     class_indices, class_names = encode_labels(labels, description)
-    return split_dataset(
+    dataset = split_dataset(
         features,
         class_indices,
         class_names,
@@ -99,10 +105,16 @@ def load_dataset(data_config, seed):
         seed=seed if data_config.split_seed is None else data_config.split_seed,
         description=description,
     )
+    dataset.report = {**report, **_handle_duplicates(dataset, data_config.duplicates)}
+    return dataset
 
 
-def load_arrays(data_config):
+def load_arrays(data_config, report=None):
     """Reads the features and raw labels of `data_config.source`, checked for sanity.
+
+    Args:
+        data_config: an `app.config.DataConfig`.
+        report: a dict that receives what an image folder's loading ignored or skipped.
 
     Returns:
         `(features, labels, description)`: float32 features with samples on axis 0, a 1-D
@@ -120,7 +132,8 @@ def load_arrays(data_config):
                 f"folder, or one of {', '.join(BUNDLED_DATASETS)}"
             )
         if path.is_dir():
-            features, labels = _load_image_folder(path, data_config)
+            features, labels = _load_image_folder(path, data_config,
+                                                  {} if report is None else report)
         elif path.suffix.lower() == ".npz":
             features, labels = _load_npz(path, data_config)
         elif path.suffix.lower() == ".csv":
@@ -320,28 +333,39 @@ def _load_csv(path, data_config):
     return feature_array, label_array
 
 
-def _load_image_folder(path, data_config):
+def _load_image_folder(path, data_config, report):
+    """Decodes every image of a class-per-folder tree; fills `report` with what it left out.
+
+    Hidden files (`.name`, and macOS's `._name`) are ignored silently, other files that are
+    not images with a count; an unreadable image, or one over PIL's pixel limit, stops the
+    load (`data.on_bad_image: error`) or is skipped and reported (`skip`).
+    """
     from PIL import Image, UnidentifiedImageError
 
-    class_folders = sorted(child for child in path.iterdir() if child.is_dir())
+    class_folders = sorted(child for child in path.iterdir()
+                           if child.is_dir() and not child.name.startswith("."))
     if not class_folders:
         raise UserError(f"image folder {path} has no class subfolders; "
                         "put each class's images in a subfolder named after the class")
     mode = "L" if data_config.color_mode == "grayscale" else "RGB"
     size = tuple(data_config.image_size) if data_config.image_size else None
-    images, labels = [], []
+    images, labels, skipped, ignored = [], [], [], 0
     for folder in class_folders:
-        for file in sorted(folder.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        files = [file for file in sorted(folder.iterdir()) if not file.name.startswith(".")]
+        candidates = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES]
+        ignored += len(files) - len(candidates)
+        if not candidates:
+            raise UserError(f"class folder {folder} holds no images; add some or remove the "
+                            "folder (every subfolder of an image folder is a class)")
+        for file in candidates:
             try:
-                with Image.open(file) as image:
-                    image = image.convert(mode)
-                    if size is not None:
-                        image = image.resize((size[1], size[0]))
-                    pixels = np.asarray(image, dtype=np.float32)
-            except (UnidentifiedImageError, OSError) as error:
-                raise UserError(f"{file} is not a readable image: {error}") from None
+                pixels = _read_image(file, mode, size)
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+                if data_config.on_bad_image == "error":
+                    raise UserError(f"{file} {_image_problem(error)}; fix or remove it, or set "
+                                    "data.on_bad_image: skip") from None
+                skipped.append(str(file.relative_to(path)))
+                continue
             if images and pixels.shape != images[0].shape:
                 raise UserError(
                     f"{file} is {pixels.shape[1]}×{pixels.shape[0]} but {path}'s first image is "
@@ -349,13 +373,87 @@ def _load_image_folder(path, data_config):
                 )
             images.append(pixels)
             labels.append(folder.name)
+    if ignored:
+        report["ignored_files"] = ignored
+    if skipped:
+        report["skipped_images"] = {"count": len(skipped), "first": skipped[:NAMES_SHOWN]}
     if not images:
-        raise UserError(f"image folder {path} holds no images "
+        raise UserError(f"image folder {path} holds no readable images "
                         f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     features = np.stack(images)
     if features.ndim == 3:
         features = features[..., None]
     return features, np.array(labels)
+
+
+def _read_image(file, mode, size):
+    from PIL import Image
+
+    with Image.open(file) as image:
+        image = image.convert(mode)
+        if size is not None:
+            image = image.resize((size[1], size[0]))
+        return np.asarray(image, dtype=np.float32)
+
+
+def _image_problem(error):
+    from PIL import Image
+
+    if isinstance(error, Image.DecompressionBombError):
+        return (f"has more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} x 2 (a "
+                "decompression bomb, or a photo far larger than training needs)")
+    return f"is not a readable image ({error})"
+
+
+def _handle_duplicates(dataset, policy):
+    """Finds samples with identical content in two splits, and acts on them by `policy`.
+
+    `warn` reports them, `error` refuses the data, `drop` removes the validation and test
+    copies of training samples and the test copies of validation samples.
+
+    Returns:
+        What `Dataset.report` records: `{"duplicates_across_splits": {...}}`, or `{}`.
+    """
+    train, val, test = ([_row_hash(row) for row in rows]
+                        for rows in (dataset.x_train, dataset.x_val, dataset.x_test))
+    copied_in_val = np.isin(val, train)
+    copied_in_test = np.isin(test, train + val)
+    if not (copied_in_val.any() or copied_in_test.any()):
+        return {}
+    found = {"validation": int(copied_in_val.sum()), "test": int(copied_in_test.sum()),
+             "policy": policy}
+    if policy == "error":
+        raise UserError(f"{dataset.description}: {found['validation']} validation and "
+                        f"{found['test']} test sample(s) are identical to samples of an earlier "
+                        "split; remove the copies, or set data.duplicates: drop (or warn)")
+    if policy == "drop":
+        dataset.x_val, dataset.y_val, dataset.val_indices = (
+            array[~copied_in_val] for array in (dataset.x_val, dataset.y_val, dataset.val_indices))
+        dataset.x_test, dataset.y_test, dataset.test_indices = (
+            array[~copied_in_test]
+            for array in (dataset.x_test, dataset.y_test, dataset.test_indices))
+    return {"duplicates_across_splits": found}
+
+
+def report_warnings(dataset):
+    """The lines that `dataset.report` is worth a warning for (skipped images, copies left
+    in validation or test)."""
+    lines = []
+    skipped = dataset.report.get("skipped_images")
+    if skipped:
+        lines.append(f"warning: skipped {skipped['count']} unreadable image(s) of "
+                     f"{dataset.description} (first: {', '.join(skipped['first'])})")
+    copies = dataset.report.get("duplicates_across_splits")
+    if copies and copies["policy"] == "warn":
+        lines.append(f"warning: {dataset.description}: {copies['validation']} validation and "
+                     f"{copies['test']} test sample(s) are identical to samples of an earlier "
+                     "split; their scores are not held-out scores (data.duplicates: drop "
+                     "removes them, error refuses the data)")
+    return lines
+
+
+def _row_hash(row):
+    return hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).hexdigest()
 
 
 def _check_arrays(features, labels, description):

@@ -13,11 +13,12 @@ history, metrics = train_and_test(config, dataset, Path("best.keras"))
 
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
 from app.config import config_hash
-from app.data import BUNDLED_DATASETS
+from app.data import BUNDLED_DATASETS, report_warnings
 from app.distribution import start_distribution, stop_distribution
 from app.errors import UserError
 from app.tables.architectures import ARCHITECTURES
@@ -41,6 +42,8 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None):
     """
     import keras
 
+    for line in report_warnings(dataset):
+        print(line, file=sys.stderr)
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     devices = start_distribution(config.distribution)
@@ -319,5 +322,6 @@ def _metrics(config, dataset, history, checkpoint, model, train_seconds, wall_se
                     "test": len(dataset.y_test)},
         "num_classes": dataset.num_classes,
         "data_fingerprint": dataset.fingerprint,
+        "data_report": dataset.report,
         "config_hash": config_hash(config),
     }

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from app.config import DataConfig
-from app.data import feature_statistics, load_dataset
+from app.data import feature_statistics, load_dataset, report_warnings
 from app.errors import UserError
 from tests.helpers import write_npz
 
@@ -171,3 +171,80 @@ def test_tiny_split_that_cannot_be_stratified(tmp_path):
     path = write_npz(tmp_path / "d.npz", n=9, classes=3)
     with pytest.raises(UserError, match="cannot split 9 samples of 3 classes"):
         load(path)
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = write_images(tmp_path / "images")
+    (root / "triangle").mkdir()
+    with pytest.raises(UserError, match=r"class folder .*triangle holds no images; add some"):
+        load(root)
+
+
+def test_hidden_files_are_ignored_and_other_files_counted(tmp_path):
+    root = write_images(tmp_path / "images")
+    (root / "circle" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "circle" / "._0.png").write_bytes(b"AppleDouble, not a png")
+    (root / "square" / "notes.txt").write_text("taken on a Tuesday")
+    (root / ".cache").mkdir()
+    dataset = load(root)
+    assert dataset.class_names == ["circle", "square"]
+    assert len(dataset.y_train) + len(dataset.y_val) + len(dataset.y_test) == 12
+    assert dataset.report == {"ignored_files": 1}
+
+
+def test_bad_images_stop_the_load_or_are_skipped_and_reported(tmp_path):
+    root = write_images(tmp_path / "images", per_class=7)
+    (root / "circle" / "3.png").write_bytes(b"truncated")
+    (root / "square" / "9.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"3.png is not a readable image .*data.on_bad_image: skip"):
+        load(root)
+    dataset = load(root, on_bad_image="skip")
+    assert len(dataset.y_train) + len(dataset.y_val) + len(dataset.y_test) == 13
+    assert dataset.report["skipped_images"] == {"count": 2,
+                                                "first": ["circle/3.png", "square/9.png"]}
+    assert report_warnings(dataset)[0].startswith("warning: skipped 2 unreadable image(s) of ")
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    root = write_images(tmp_path / "images")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "circle" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 10×12 passes, 40×40 is over twice it
+    with pytest.raises(UserError) as raised:
+        load(root, image_size=[10, 12])
+    assert "huge.png has more pixels than PIL's limit of 500 x 2 (a decompression bomb" in \
+        str(raised.value) and "\n" not in str(raised.value)
+    assert load(root, image_size=[10, 12], on_bad_image="skip").report["skipped_images"][
+        "first"] == ["circle/huge.png"]
+
+
+def duplicated_npz(path):
+    """90 samples made of 45 distinct rows, each twice: copies land in several splits."""
+    rows = np.random.default_rng(0).normal(size=(45, 4)).astype(np.float32)
+    return write_npz(path, x=np.repeat(rows, 2, axis=0), y=np.repeat(np.arange(45) % 3, 2))
+
+
+def split_hashes(dataset):
+    return [{row.tobytes() for row in rows} for rows in (dataset.x_train, dataset.x_val,
+                                                         dataset.x_test)]
+
+
+def test_copies_across_splits_are_reported_dropped_or_refused(tmp_path):
+    path = duplicated_npz(tmp_path / "d.npz")
+    warned = load(path)
+    train, val, test = split_hashes(warned)
+    expected = {"validation": sum(row.tobytes() in train for row in warned.x_val),
+                "test": sum(row.tobytes() in train | val for row in warned.x_test)}
+    assert expected["validation"] + expected["test"] > 0
+    assert warned.report["duplicates_across_splits"] == {**expected, "policy": "warn"}
+    assert "are identical to samples of an earlier split" in report_warnings(warned)[0]
+
+    dropped = load(path, duplicates="drop")
+    train, val, test = split_hashes(dropped)
+    assert not (train & val) and not (train & test) and not (val & test)
+    np.testing.assert_array_equal(dropped.x_train, warned.x_train)
+    assert len(dropped.y_val) == len(warned.y_val) - expected["validation"]
+    assert len(dropped.val_indices) == len(dropped.y_val)
+
+    assert report_warnings(dropped) == []
+    with pytest.raises(UserError, match="identical to samples of an earlier split; remove"):
+        load(path, duplicates="error")

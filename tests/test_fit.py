@@ -31,6 +31,7 @@ def test_fit_on_digits_writes_a_complete_run(run_cli, runs_dir):
     assert metrics["test"]["accuracy"] > 0.9
     assert metrics["baseline"]["majority_class_accuracy"] < 0.15
     assert metrics["samples"] == {"train": 1257, "validation": 270, "test": 270}
+    assert metrics["data_report"] == {}  # digits: nothing skipped, no copies across splits
     assert metrics["versions"]["keras"] == keras.__version__
 
     history = read_history_csv(run / "history.csv")
@@ -204,3 +205,13 @@ def test_noise_scale_lands_in_the_history(run_cli, runs_dir):
     fit(run_cli, "training.epochs=2", "training.noise_scale=true")
     scales = read_history_csv(only_run(runs_dir) / "history.csv")["noise_scale"]
     assert len(scales) == 2 and all(scale > 0 for scale in scales)
+
+
+def test_copies_across_splits_are_warned_about_and_recorded(run_cli, runs_dir):
+    # scikit-learn's iris holds one pair of identical rows that the default split separates.
+    code, out, err = run_cli(*fit_arguments("data.source=iris", "training.epochs=1"))
+    assert code == 0, err
+    assert "warning: scikit-learn iris: 1 validation and 0 test sample(s) are identical" in err
+    metrics = json.loads((only_run(runs_dir) / "metrics.json").read_text())
+    assert metrics["data_report"] == {"duplicates_across_splits": {
+        "validation": 1, "test": 0, "policy": "warn"}}

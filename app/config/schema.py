@@ -39,6 +39,8 @@ class DataConfig:
     `breast_cancer`) or a path: a `.npz` file, a `.csv` file, or a folder of images with
     one subfolder per class. The split is drawn with `split_seed`, or `seed` when it is
     `null`: fixing it varies only the training seed (`distill` uses the teacher's split).
+    `on_bad_image` says what an unreadable image in a folder does (stop, or be skipped and
+    counted); `duplicates` what identical samples in two splits do (seed 004's leakage).
     """
 
     source: str = option("digits")
@@ -51,6 +53,8 @@ class DataConfig:
     test_fraction: float = option(0.15, low=0.0, high=1.0, low_open=True, high_open=True)
     split_seed: Optional[int] = option(None, low=0)
     normalize: bool = option(True)
+    on_bad_image: str = option("error", choices=["error", "skip"])
+    duplicates: str = option("warn", choices=["error", "warn", "drop"])
 
     def check(self, prefix):
         if self.validation_fraction + self.test_fraction >= 1.0:
