@@ -423,9 +423,8 @@ def _handle_duplicates(dataset, policy):
     found = {"validation": int(copied_in_val.sum()), "test": int(copied_in_test.sum()),
              "policy": policy}
     if policy == "error":
-        raise UserError(f"{dataset.description}: {found['validation']} validation and "
-                        f"{found['test']} test sample(s) are identical to samples of an earlier "
-                        "split; remove the copies, or set data.duplicates: drop (or warn)")
+        raise UserError(f"{_copies_text(dataset, found)}; remove the copies, or set "
+                        "data.duplicates: drop (or warn)")
     if policy == "drop":
         dataset.x_val, dataset.y_val, dataset.val_indices = (
             array[~copied_in_val] for array in (dataset.x_val, dataset.y_val, dataset.val_indices))
@@ -445,11 +444,14 @@ def report_warnings(dataset):
                      f"{dataset.description} (first: {', '.join(skipped['first'])})")
     copies = dataset.report.get("duplicates_across_splits")
     if copies and copies["policy"] == "warn":
-        lines.append(f"warning: {dataset.description}: {copies['validation']} validation and "
-                     f"{copies['test']} test sample(s) are identical to samples of an earlier "
-                     "split; their scores are not held-out scores (data.duplicates: drop "
-                     "removes them, error refuses the data)")
+        lines.append(f"warning: {_copies_text(dataset, copies)}; their scores are not held-out "
+                     "scores (data.duplicates: drop removes them, error refuses the data)")
     return lines
+
+
+def _copies_text(dataset, copies):
+    return (f"{dataset.description}: {copies['validation']} validation and {copies['test']} "
+            "test sample(s) are identical to samples of an earlier split")
 
 
 def _row_hash(row):

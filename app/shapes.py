@@ -98,8 +98,8 @@ def _draw_mask(draw, name, big, rng):
                  centre[1] + r * math.sin(angle + 2 * math.pi * k / count))
                 for k, r in zip(range(count), radii)]
 
-    def box(r):
-        return [centre[0] - r, centre[1] - r, centre[0] + r, centre[1] + r]
+    def box(r, dx=0.0, dy=0.0):
+        return [centre[0] + dx - r, centre[1] + dy - r, centre[0] + dx + r, centre[1] + dy + r]
 
     if name == "circle":
         draw.ellipse(box(radius), fill=255)
@@ -115,10 +115,8 @@ def _draw_mask(draw, name, big, rng):
         draw.ellipse(box(radius * 0.6), fill=0)
     elif name == "crescent":
         draw.ellipse(box(radius), fill=255)
-        offset = (0.45 * radius * math.cos(angle), 0.45 * radius * math.sin(angle))
-        draw.ellipse([centre[0] - radius * 0.9 + offset[0], centre[1] - radius * 0.9 + offset[1],
-                      centre[0] + radius * 0.9 + offset[0], centre[1] + radius * 0.9 + offset[1]],
-                     fill=0)
+        draw.ellipse(box(0.9 * radius, 0.45 * radius * math.cos(angle),
+                         0.45 * radius * math.sin(angle)), fill=0)
     elif name in ("triangle", "square", "pentagon", "hexagon"):
         count = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}[name]
         draw.polygon(points([radius] * count, count), fill=255)

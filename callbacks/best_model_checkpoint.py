@@ -4,7 +4,7 @@ import math
 
 import keras
 
-from callbacks.monitor_mode import MODES, improves, resolve_mode
+from callbacks.monitor_mode import check_mode, improves, resolve_mode
 
 
 @keras.saving.register_keras_serializable(package="efficient_learning")
@@ -36,8 +36,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def __init__(self, filepath, monitor="val_loss", mode="auto", saved_model=None):
         super().__init__()
         self.filepath = str(filepath)
-        if mode not in MODES:
-            raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
+        check_mode(mode)
         self.monitor = monitor
         self.mode = mode
         self.saved_model = saved_model

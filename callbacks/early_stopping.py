@@ -145,8 +145,8 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         self.model.stop_training = True
 
     def _set_monitor_op(self):
-        # The project's one rule (`callbacks.monitor_mode`), where Keras's raises for names
-        # it cannot place. Keras keeps `min_delta` negative when minimising.
+        # The project's one rule (`callbacks.monitor_mode`), shared with the other monitoring
+        # callbacks. Keras keeps `min_delta` negative when minimising.
         direction = resolve_mode(self.monitor, self.mode, self.model)
         self.monitor_op = keras.ops.less if direction == "min" else keras.ops.greater
         self.min_delta = -abs(self.min_delta) if direction == "min" else abs(self.min_delta)

@@ -12,9 +12,12 @@ improves(0.3, best=0.4, mode="min")     # True
 """
 
 MODES = ("auto", "min", "max")
-# Substrings of metric names that are better when higher (accuracies, AUCs), as in Keras's
-# own callbacks; every other name, losses and errors included, is better when lower.
-MAXIMISED = ("acc", "auc")
+
+
+def check_mode(mode):
+    """Raises `ValueError` unless `mode` is `"auto"`, `"min"` or `"max"`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
 
 
 def resolve_mode(monitor, mode="auto", model=None):
@@ -35,8 +38,7 @@ def resolve_mode(monitor, mode="auto", model=None):
         ValueError: for a mode other than `auto`, `min` and `max`, or in `auto` mode for a
             name that is not among `model`'s metrics.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
+    check_mode(mode)
     if mode != "auto":
         return mode
     name = monitor.removeprefix("val_")
@@ -46,7 +48,7 @@ def resolve_mode(monitor, mode="auto", model=None):
     declared = getattr(metrics.get(name), "_direction", None)
     if declared in ("up", "down"):
         return "max" if declared == "up" else "min"
-    if MAXIMISED[0] in monitor or monitor.endswith(MAXIMISED[1]):
+    if "acc" in monitor or monitor.endswith("auc"):  # accuracies and AUCs, as in Keras
         return "max"
     if metrics and name not in metrics:
         raise ValueError(f"cannot tell whether {monitor!r} should go up or down: the model "

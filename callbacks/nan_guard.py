@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 
-from callbacks.monitor_mode import MODES, improves, resolve_mode
+from callbacks.monitor_mode import check_mode, improves, resolve_mode
 from callbacks.training_state import restore, snapshot, sync_jax_state
 
 
@@ -44,8 +44,7 @@ class NaNGuard(keras.callbacks.Callback):
 
     def __init__(self, monitor="val_loss", mode="auto", probe_data=None, verbose=1):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
+        check_mode(mode)
         self.monitor = monitor
         self.mode = mode
         self.direction = None

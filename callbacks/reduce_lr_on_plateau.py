@@ -6,7 +6,7 @@ import warnings
 import keras
 from keras import ops
 
-from callbacks.monitor_mode import MODES, resolve_mode
+from callbacks.monitor_mode import check_mode, resolve_mode
 from callbacks.learning_rate_monitor import current_learning_rate
 from callbacks.schedule_math import deserialize, evaluate, learning_rate_schedule, serialize
 
@@ -91,8 +91,7 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
         super().__init__()
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1); got {factor!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be 'min', 'max' or 'auto'; got {mode!r}")
+        check_mode(mode)
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs'; got {threshold_mode!r}")
         self.monitor = monitor
