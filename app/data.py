@@ -12,18 +12,17 @@ dataset.feature_mean.shape   # (1,): one statistic per channel, from x_train onl
 
 import csv
 import dataclasses
-import hashlib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from app.arrays import LazyRows, MappedArray, map_npz_member, select
 from app.errors import UserError
+from app.image_folder import load_image_folder
+from app.scanning import summarize
 
 BUNDLED_DATASETS = ("digits", "iris", "wine", "breast_cancer")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-# How many file names a report lists before it only counts.
-NAMES_SHOWN = 5
 
 
 @dataclasses.dataclass
@@ -32,12 +31,14 @@ class Dataset:
 
     Attributes:
         x_train, y_train, x_val, y_val, x_test, y_test: float32 features and int32 class
-            indices of the three splits.
+            indices of the three splits. The features are NumPy arrays, or, for data
+            streamed from files, `app.arrays.LazyRows` that read rows when indexed.
         train_indices, val_indices, test_indices: positions of each split's samples in the
             source data, for checking that the splits are disjoint.
         class_names: the label of each class index, as text.
         feature_mean, feature_variance: per-feature (tabular) or per-channel (images) mean
             and variance of `x_train` alone.
+        value_range: the smallest and largest value of `x_train` (augmentation's range).
         fingerprint: a hash of the source features and labels, to recognise the same data.
         description: a one-line description of the source.
         report: what loading and splitting found and did, for `metrics.json`: ignored
@@ -56,6 +57,7 @@ class Dataset:
     class_names: list
     feature_mean: np.ndarray
     feature_variance: np.ndarray
+    value_range: tuple
     fingerprint: str
     description: str
     report: dict = dataclasses.field(default_factory=dict)
@@ -67,6 +69,11 @@ class Dataset:
     @property
     def num_classes(self):
         return len(self.class_names)
+
+    @property
+    def streamed(self):
+        """Whether the features are read from files as batches need them."""
+        return isinstance(self.x_train, LazyRows)
 
     def split(self, name):
         """`(features, labels)` of the `"train"`, `"validation"` or `"test"` split."""
@@ -94,19 +101,36 @@ def load_dataset(data_config, seed):
             fewer than two classes, or too few samples of a class to split.
     """
     report = {}
-    features, labels, description = load_arrays(data_config, report)
-    class_indices, class_names = encode_labels(labels, description)
+    source = load_arrays(data_config, report)
+    class_indices, class_names = encode_labels(source.labels, source.description)
     dataset = split_dataset(
-        features,
+        source,
         class_indices,
         class_names,
         validation_fraction=data_config.validation_fraction,
         test_fraction=data_config.test_fraction,
         seed=seed if data_config.split_seed is None else data_config.split_seed,
-        description=description,
     )
-    dataset.report = {**report, **_handle_duplicates(dataset, data_config.duplicates)}
+    copies = _handle_duplicates(dataset, source.summary.row_hashes, data_config.duplicates)
+    dataset.report = {**report, **copies}
     return dataset
+
+
+@dataclasses.dataclass
+class Source:
+    """The features and raw labels of a data source, before the split.
+
+    Attributes:
+        features: float32 features with samples on axis 0 (an array, or lazily read rows).
+        labels: a 1-D array of labels (integers or text).
+        description: a one-line description of the source.
+        summary: the `app.scanning.Summary` of the features.
+    """
+
+    features: object
+    labels: np.ndarray
+    description: str
+    summary: object
 
 
 def load_arrays(data_config, report=None):
@@ -117,10 +141,11 @@ def load_arrays(data_config, report=None):
         report: a dict that receives what an image folder's loading ignored or skipped.
 
     Returns:
-        `(features, labels, description)`: float32 features with samples on axis 0, a 1-D
-        array of labels (integers or text), and a one-line description of the source.
+        A `Source`. The features of an image folder and an uncompressed `.npz` are read
+        lazily unless `data.cache` is `memory`.
     """
     source = data_config.source
+    summary = None
     if source in BUNDLED_DATASETS:
         features, labels = _load_bundled(source)
         description = f"scikit-learn {source}"
@@ -132,8 +157,8 @@ def load_arrays(data_config, report=None):
                 f"folder, or one of {', '.join(BUNDLED_DATASETS)}"
             )
         if path.is_dir():
-            features, labels = _load_image_folder(path, data_config,
-                                                  {} if report is None else report)
+            features, labels, summary = load_image_folder(path, data_config,
+                                                          {} if report is None else report)
         elif path.suffix.lower() == ".npz":
             features, labels = _load_npz(path, data_config)
         elif path.suffix.lower() == ".csv":
@@ -144,8 +169,10 @@ def load_arrays(data_config, report=None):
                 "use .npz, .csv or a folder of images"
             )
         description = str(path)
-    _check_arrays(features, labels, description)
-    return features, labels, description
+    _check_shapes(features, labels, description)
+    summary = summary or summarize(features)
+    _check_finite(summary, description)
+    return Source(features, labels, description, summary)
 
 
 def encode_labels(labels, description, class_names=None):
@@ -177,11 +204,13 @@ def encode_labels(labels, description, class_names=None):
     return np.array([index_of[text] for text in texts], dtype=np.int32), list(class_names)
 
 
-def split_dataset(features, class_indices, class_names, *, validation_fraction,
-                  test_fraction, seed, description):
-    """Splits into stratified train/validation/test sets and fits statistics on train."""
+def split_dataset(source, class_indices, class_names, *, validation_fraction, test_fraction,
+                  seed):
+    """Splits a `Source` into stratified train/validation/test sets (by sample, so by file
+    for an image folder) and fits statistics on train."""
     from sklearn.model_selection import train_test_split
 
+    description = source.description
     positions = np.arange(len(class_indices))
     counts = np.bincount(class_indices, minlength=len(class_names))
     if counts.min() < 3:
@@ -206,13 +235,14 @@ def split_dataset(features, class_indices, class_names, *, validation_fraction,
             f"classes with data.validation_fraction={validation_fraction} and "
             f"data.test_fraction={test_fraction} ({error}); use more data or larger fractions"
         ) from None
-    mean, variance = feature_statistics(features[train])
+    mean, variance = source.summary.statistics(train)
+    features = source.features
     return Dataset(
-        x_train=features[train],
+        x_train=select(features, train),
         y_train=class_indices[train],
-        x_val=features[val],
+        x_val=select(features, val),
         y_val=class_indices[val],
-        x_test=features[test],
+        x_test=select(features, test),
         y_test=class_indices[test],
         train_indices=train,
         val_indices=val,
@@ -220,7 +250,8 @@ def split_dataset(features, class_indices, class_names, *, validation_fraction,
         class_names=class_names,
         feature_mean=mean,
         feature_variance=variance,
-        fingerprint=fingerprint(features, class_indices),
+        value_range=source.summary.value_range(train),
+        fingerprint=source.summary.fingerprint(class_indices),
         description=description,
     )
 
@@ -231,18 +262,7 @@ def feature_statistics(features):
     A constant feature gets variance 1 so that normalising leaves it at 0 instead of
     dividing unseen values by zero.
     """
-    axes = tuple(range(features.ndim - 1))
-    mean = features.mean(axis=axes, dtype=np.float64)
-    variance = features.var(axis=axes, dtype=np.float64)
-    variance = np.where(variance < 1e-12, 1.0, variance)
-    return mean.astype(np.float32), variance.astype(np.float32)
-
-
-def fingerprint(features, labels):
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(features).tobytes())
-    digest.update(np.ascontiguousarray(labels).tobytes())
-    return digest.hexdigest()[:16]
+    return summarize(features).statistics(np.arange(len(features)))
 
 
 def _label_text(label):
@@ -264,6 +284,8 @@ def _load_bundled(name):
 
 
 def _load_npz(path, data_config):
+    """An `.npz`'s features (memory-mapped if stored uncompressed, unless `data.cache` is
+    `memory`) and labels."""
     if not zipfile.is_zipfile(path):
         # np.load would try a non-zip file as a pickle; say what the file is not instead.
         raise UserError(f"{path} is not a readable .npz archive (not a zip file); "
@@ -277,7 +299,10 @@ def _load_npz(path, data_config):
                     f"{path} has no array {missing[0]!r} (arrays: {', '.join(keys) or 'none'}); "
                     "set data.x_key and data.y_key"
                 )
-            features = archive[data_config.x_key]
+            mapped = None
+            if data_config.cache != "memory":
+                mapped = map_npz_member(path, data_config.x_key)
+            features = archive[data_config.x_key] if mapped is None else mapped
             labels = archive[data_config.y_key]
     except ValueError as error:
         if "allow_pickle" in str(error):
@@ -295,6 +320,8 @@ def _load_npz(path, data_config):
     if np.issubdtype(labels.dtype, np.floating) and not np.all(np.mod(labels, 1) == 0):
         raise UserError(f"{path}: {data_config.y_key!r} holds non-integer numbers; "
                         "labels must be integers or text")
+    if isinstance(features, np.memmap):
+        return MappedArray(features), labels
     return features.astype(np.float32), labels
 
 
@@ -333,79 +360,7 @@ def _load_csv(path, data_config):
     return feature_array, label_array
 
 
-def _load_image_folder(path, data_config, report):
-    """Decodes every image of a class-per-folder tree; fills `report` with what it left out.
-
-    Hidden files (`.name`, and macOS's `._name`) are ignored silently, other files that are
-    not images with a count; an unreadable image, or one over PIL's pixel limit, stops the
-    load (`data.on_bad_image: error`) or is skipped and reported (`skip`).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    class_folders = sorted(child for child in path.iterdir()
-                           if child.is_dir() and not child.name.startswith("."))
-    if not class_folders:
-        raise UserError(f"image folder {path} has no class subfolders; "
-                        "put each class's images in a subfolder named after the class")
-    mode = "L" if data_config.color_mode == "grayscale" else "RGB"
-    size = tuple(data_config.image_size) if data_config.image_size else None
-    images, labels, skipped, ignored = [], [], [], 0
-    for folder in class_folders:
-        files = [file for file in sorted(folder.iterdir()) if not file.name.startswith(".")]
-        candidates = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES]
-        ignored += len(files) - len(candidates)
-        if not candidates:
-            raise UserError(f"class folder {folder} holds no images; add some or remove the "
-                            "folder (every subfolder of an image folder is a class)")
-        for file in candidates:
-            try:
-                pixels = _read_image(file, mode, size)
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-                if data_config.on_bad_image == "error":
-                    raise UserError(f"{file} {_image_problem(error)}; fix or remove it, or set "
-                                    "data.on_bad_image: skip") from None
-                skipped.append(str(file.relative_to(path)))
-                continue
-            if images and pixels.shape != images[0].shape:
-                raise UserError(
-                    f"{file} is {pixels.shape[1]}×{pixels.shape[0]} but {path}'s first image is "
-                    f"{images[0].shape[1]}×{images[0].shape[0]}; set data.image_size: [height, width]"
-                )
-            images.append(pixels)
-            labels.append(folder.name)
-    if ignored:
-        report["ignored_files"] = ignored
-    if skipped:
-        report["skipped_images"] = {"count": len(skipped), "first": skipped[:NAMES_SHOWN]}
-    if not images:
-        raise UserError(f"image folder {path} holds no readable images "
-                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    features = np.stack(images)
-    if features.ndim == 3:
-        features = features[..., None]
-    return features, np.array(labels)
-
-
-def _read_image(file, mode, size):
-    from PIL import Image
-
-    with Image.open(file) as image:
-        image = image.convert(mode)
-        if size is not None:
-            image = image.resize((size[1], size[0]))
-        return np.asarray(image, dtype=np.float32)
-
-
-def _image_problem(error):
-    from PIL import Image
-
-    if isinstance(error, Image.DecompressionBombError):
-        return (f"has more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} x 2 (a "
-                "decompression bomb, or a photo far larger than training needs)")
-    return f"is not a readable image ({error})"
-
-
-def _handle_duplicates(dataset, policy):
+def _handle_duplicates(dataset, row_hashes, policy):
     """Finds samples with identical content in two splits, and acts on them by `policy`.
 
     `warn` reports them, `error` refuses the data, `drop` removes the validation and test
@@ -414,10 +369,10 @@ def _handle_duplicates(dataset, policy):
     Returns:
         What `Dataset.report` records: `{"duplicates_across_splits": {...}}`, or `{}`.
     """
-    train, val, test = ([_row_hash(row) for row in rows]
-                        for rows in (dataset.x_train, dataset.x_val, dataset.x_test))
+    train, val, test = (row_hashes[positions] for positions in
+                        (dataset.train_indices, dataset.val_indices, dataset.test_indices))
     copied_in_val = np.isin(val, train)
-    copied_in_test = np.isin(test, train + val)
+    copied_in_test = np.isin(test, np.concatenate([train, val]))
     if not (copied_in_val.any() or copied_in_test.any()):
         return {}
     found = {"validation": int(copied_in_val.sum()), "test": int(copied_in_test.sum()),
@@ -427,9 +382,10 @@ def _handle_duplicates(dataset, policy):
                         "data.duplicates: drop (or warn)")
     if policy == "drop":
         dataset.x_val, dataset.y_val, dataset.val_indices = (
-            array[~copied_in_val] for array in (dataset.x_val, dataset.y_val, dataset.val_indices))
+            select(array, ~copied_in_val)
+            for array in (dataset.x_val, dataset.y_val, dataset.val_indices))
         dataset.x_test, dataset.y_test, dataset.test_indices = (
-            array[~copied_in_test]
+            select(array, ~copied_in_test)
             for array in (dataset.x_test, dataset.y_test, dataset.test_indices))
     return {"duplicates_across_splits": found}
 
@@ -454,21 +410,19 @@ def _copies_text(dataset, copies):
             "test sample(s) are identical to samples of an earlier split")
 
 
-def _row_hash(row):
-    return hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).hexdigest()
-
-
-def _check_arrays(features, labels, description):
+def _check_shapes(features, labels, description):
     if features.shape[0] == 0:
         raise UserError(f"{description} holds no samples; give a dataset with data in it")
     if features.shape[0] != labels.shape[0]:
         raise UserError(f"{description}: {features.shape[0]} feature rows but "
                         f"{labels.shape[0]} labels; they must match one to one")
-    if features.ndim < 2 or features[0].size == 0:
+    if len(features.shape) < 2 or 0 in features.shape[1:]:
         raise UserError(f"{description}: samples have no features (shape {features.shape})")
-    finite = np.isfinite(features)
-    if not finite.all():
-        bad_rows = np.unique(np.argwhere(~finite)[:, 0])
+
+
+def _check_finite(summary, description):
+    bad_rows = summary.non_finite_rows()
+    if len(bad_rows):
         raise UserError(
             f"{description}: {len(bad_rows)} sample(s) have NaN or infinite features "
             f"(first at row {bad_rows[0]}); clean or impute them before training"

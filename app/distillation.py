@@ -24,7 +24,7 @@ from app.errors import UserError
 STUDENT_DEFAULTS = {"model.size": "student"}
 
 
-def build_distiller(teacher, student, distillation):
+def build_distiller(teacher, student, distillation, metrics=None):
     """Wraps a compiled `student` in a compiled `keras.distillation.Distiller`.
 
     Args:
@@ -32,6 +32,7 @@ def build_distiller(teacher, student, distillation):
         student: a compiled student (`build_compiled_model`) that outputs logits; the
             distiller trains it with its optimizer, loss and metrics.
         distillation: an `app.config.DistillationConfig` (temperature and α).
+        metrics: the metrics to compile with, else Keras's sparse `accuracy`.
 
     Example:
 
@@ -51,8 +52,9 @@ def build_distiller(teacher, student, distillation):
             temperature=distillation.temperature, loss=keras.losses.KLDivergence()),
         student_loss_weight=distillation.alpha,
     )
-    distiller.compile(optimizer=student.optimizer, loss=student.loss,
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    if metrics is None:
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    distiller.compile(optimizer=student.optimizer, loss=student.loss, metrics=metrics)
     return distiller
 
 

@@ -42,6 +42,8 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None):
     """
     import keras
 
+    from app.feeding import evaluation_inputs
+
     for line in report_warnings(dataset):
         print(line, file=sys.stderr)
     started = time.perf_counter()
@@ -55,7 +57,8 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None):
         if teacher is not None:
             from app.distillation import build_distiller
 
-            trained = build_distiller(teacher, model, config.distillation)
+            trained = build_distiller(teacher, model, config.distillation,
+                                      metrics=[accuracy_metric(config)])
         history, checkpoint, nan_report = train_model(trained, config, training_data,
                                                       checkpoint_path, kept_model=model)
     finally:
@@ -63,8 +66,7 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None):
     train_seconds = time.perf_counter() - started
     best_model = _load_best_model(Path(checkpoint_path), config)
     test_loss, test_accuracy = best_model.evaluate(
-        dataset.x_test, dataset.y_test, batch_size=config.training.batch_size, verbose=0
-    )
+        **evaluation_inputs(dataset.x_test, dataset.y_test, config), verbose=0)
     metrics = _metrics(config, dataset, history, checkpoint, model, train_seconds,
                        time.perf_counter() - started, test_loss, test_accuracy)
     if nan_report is not None:
@@ -101,12 +103,9 @@ def build_compiled_model(config, dataset, devices=None):
         devices: the `app.distribution.Devices` it trains on (call this in their scope), or
             `None` for one device.
     """
-    import keras
-
     from app.tables.architectures import build_model
     from app.tables.optimizers import build_optimizer
     from app.tables.schedules import build_schedule
-    from callbacks import SparseCategoricalCrossentropy
 
     statistics = {}
     if config.data.normalize:
@@ -118,19 +117,37 @@ def build_compiled_model(config, dataset, devices=None):
     model = build_model(model_config, dataset.input_shape, dataset.num_classes, **statistics)
     learning_rate = build_schedule(config.schedule, steps_per_epoch(config, dataset),
                                    config.training.epochs)
-    if config.training.label_smoothing:
-        loss = SparseCategoricalCrossentropy(
-            from_logits=True, label_smoothing=config.training.label_smoothing
-        )
-    else:
-        # Keras's own loss keeps best.keras loadable without importing this project.
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(
         optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
-        loss=loss,
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=training_loss(config),
+        metrics=[accuracy_metric(config)],
     )
     return model
+
+
+def training_loss(config):
+    """Cross-entropy on logits: Keras's own unless label smoothing or soft targets (MixUp,
+    CutMix) need the project's, which takes integer labels and soft targets alike."""
+    import keras
+
+    from callbacks import SparseCategoricalCrossentropy
+
+    smoothing = config.training.label_smoothing
+    if smoothing or config.augmentation.mixes:
+        return SparseCategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+    # Keras's own loss keeps best.keras loadable without importing this project.
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def accuracy_metric(config):
+    """The `accuracy` metric; with soft targets, against their most probable class."""
+    import keras
+
+    from callbacks import SoftTargetAccuracy
+
+    if config.augmentation.mixes:
+        return SoftTargetAccuracy(name="accuracy")
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 def steps_per_epoch(config, dataset):
@@ -216,6 +233,7 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         UserError: if the loss became non-finite before any epoch finished.
         KeyboardInterrupt: after a graceful Ctrl-C.
     """
+    from app.feeding import fit_inputs
     from callbacks import EarlyStopping, NaNGuard
 
     stopping = config.early_stopping
@@ -228,11 +246,13 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         stopper = EarlyStopping(**_settings(stopping))
         configured.append(stopper)
     fit_arguments.setdefault("epochs", config.training.epochs)
+    augmenter = None
+    if config.augmentation.enabled:
+        from app.augmentation import build_augmenter
+
+        augmenter = build_augmenter(config.augmentation, dataset, config.seed)
     result = model.fit(
-        dataset.x_train,
-        dataset.y_train,
-        validation_data=(dataset.x_val, dataset.y_val),
-        batch_size=config.training.batch_size,
+        **fit_inputs(dataset, config, augmenter),
         callbacks=[*configured, *callbacks],
         verbose=config.training.verbose if verbose is None else verbose,
         **fit_arguments,

@@ -20,6 +20,7 @@ from callbacks.nan_guard import NaNGuard
 from callbacks.polynomial_decay import PolynomialDecay
 from callbacks.radam import RAdam
 from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau, ScaledSchedule
+from callbacks.soft_target_accuracy import SoftTargetAccuracy, soft_target_accuracy
 from callbacks.step_decay import MultiStepDecay, StepDecay
 
 __all__ = [
@@ -43,10 +44,12 @@ __all__ = [
     "ReduceLROnPlateau",
     "ScaledSchedule",
     "SequentialSchedule",
+    "SoftTargetAccuracy",
     "SparseCategoricalCrossentropy",
     "StepDecay",
     "Warmup",
     "categorical_crossentropy",
+    "soft_target_accuracy",
     "sparse_categorical_crossentropy",
     "suggest_learning_rate",
 ]

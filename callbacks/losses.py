@@ -15,10 +15,13 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, label_smo
 
     With smoothing ε over K classes the target is `(1 − ε)·one_hot(y) + ε/K`, so the loss is
     `(1 − ε)·(−log p_y) + ε·mean_k(−log p_k)`: the same as PyTorch's
-    `cross_entropy(logits, y, label_smoothing=ε)`.
+    `cross_entropy(logits, y, label_smoothing=ε)`. Soft targets (one probability per class,
+    as MixUp and CutMix make) are taken too, as `categorical_crossentropy` takes them, so a
+    model trained on mixed batches validates on integer labels with the same loss.
 
     Args:
-        y_true: integer class indices, shape `(batch,)` or `(batch, 1)`.
+        y_true: integer class indices, shape `(batch,)` or `(batch, 1)`, or soft targets
+            shaped like `y_pred`.
         y_pred: logits or probabilities with the classes on `axis`.
         from_logits: whether `y_pred` holds logits.
         label_smoothing: ε in [0, 1).
@@ -30,6 +33,8 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, label_smo
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.convert_to_tensor(y_true)
     if len(y_true.shape) == len(y_pred.shape):
+        if y_true.shape[axis] not in (1, None):
+            return categorical_crossentropy(y_true, y_pred, from_logits, label_smoothing, axis)
         y_true = ops.squeeze(y_true, axis=axis)
     y_true = ops.cast(y_true, "int32")
     log_probs = _log_probabilities(y_pred, from_logits, axis)

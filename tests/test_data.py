@@ -66,7 +66,7 @@ def test_npz(tmp_path):
     dataset = load(write_npz(tmp_path / "d.npz", n=60, classes=3, features=4))
     assert dataset.input_shape == (4,)
     assert dataset.class_names == ["0", "1", "2"]
-    np.testing.assert_allclose(dataset.feature_mean, dataset.x_train.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(dataset.feature_mean, dataset.x_train[:].mean(axis=0), rtol=1e-5)
 
 
 def test_npz_with_text_labels_and_custom_keys(tmp_path):

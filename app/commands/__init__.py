@@ -7,8 +7,9 @@ and returns the exit code. The work itself is in the layers below: the training 
 Adding a command: a module here and one entry in `COMMANDS`.
 """
 
-from app.commands import (distill, doctor, evaluate, export, fit, info, lr_find, make_dataset,
-                          tune)
+from app.commands import (augment_preview, distill, doctor, evaluate, export, fit, info, lr_find,
+                          make_dataset, tune)
 
 # In the order `python -m app --help` lists them.
-COMMANDS = (fit, tune, lr_find, distill, doctor, evaluate, export, make_dataset, info)
+COMMANDS = (fit, tune, lr_find, distill, doctor, evaluate, export, make_dataset, augment_preview,
+            info)

@@ -82,8 +82,10 @@ def run_distill(config, teacher_dir):
     import callbacks  # noqa: F401  (registers the schedules and losses a teacher may hold)
 
     teacher = keras.saving.load_model(teacher_dir / BEST_MODEL_FILE)
+    from app.feeding import evaluation_inputs
+
     teacher_loss, teacher_accuracy = teacher.evaluate(
-        dataset.x_test, dataset.y_test, batch_size=config.training.batch_size, verbose=0)
+        **evaluation_inputs(dataset.x_test, dataset.y_test, config), verbose=0)
     with Staging(run_dir) as staging:
         write_run_start(staging.folder, config, dataset.class_names)
         scratch_dir = staging.folder / SCRATCH_DIR

@@ -61,8 +61,9 @@ def run_evaluate(run_dir, split="test", data_source=None):
         scored = f"{split} split of {dataset.description}"
     else:
         data_config = dataclasses.replace(config.data, source=data_source)
-        features, raw_labels, scored = load_arrays(data_config)
-        labels, _ = encode_labels(raw_labels, scored, class_names=read_classes(run_dir))
+        source = load_arrays(data_config)
+        features, scored = source.features, source.description
+        labels, _ = encode_labels(source.labels, scored, class_names=read_classes(run_dir))
 
     import keras
 
@@ -73,7 +74,8 @@ def run_evaluate(run_dir, split="test", data_source=None):
     if tuple(features.shape[1:]) != expected_shape:
         raise UserError(f"{scored} has samples of shape {tuple(features.shape[1:])} but the "
                         f"model takes {expected_shape}")
-    loss, accuracy = model.evaluate(features, labels, batch_size=config.training.batch_size,
-                                    verbose=0)
+    from app.feeding import evaluation_inputs
+
+    loss, accuracy = model.evaluate(**evaluation_inputs(features, labels, config), verbose=0)
     return {"data": scored, "samples": int(len(labels)), "loss": float(loss),
             "accuracy": float(accuracy)}

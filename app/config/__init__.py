@@ -14,8 +14,8 @@ dump_config(config)     # YAML text that reproduces the run exactly
 """
 
 from app.config.loading import config_hash, config_to_dict, dump_config, load_config, with_values
-from app.config.schema import (DISTRIBUTION_STRATEGIES, LR_FINDER_RULES, MONITORS, TUNERS, Config,
-                               DataConfig, DistillationConfig, DistributionConfig,
+from app.config.schema import (DISTRIBUTION_STRATEGIES, LR_FINDER_RULES, MONITORS, TUNERS,
+                               AugmentationConfig, Config, DataConfig, DistillationConfig, DistributionConfig,
                                EarlyStoppingConfig, ModelConfig, OptimizerConfig, OutputConfig,
                                PlateauConfig, ScheduleConfig, TrainingConfig, TuningConfig)
 
@@ -24,6 +24,7 @@ __all__ = [
     "LR_FINDER_RULES",
     "MONITORS",
     "TUNERS",
+    "AugmentationConfig",
     "Config",
     "DataConfig",
     "DistillationConfig",

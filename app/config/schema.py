@@ -41,6 +41,10 @@ class DataConfig:
     `null`: fixing it varies only the training seed (`distill` uses the teacher's split).
     `on_bad_image` says what an unreadable image in a folder does (stop, or be skipped and
     counted); `duplicates` what identical samples in two splits do (seed 004's leakage).
+    `cache` says where an image folder's decoded images live during training: `none`
+    (decoded again for every batch by `workers` threads), `memory`, or `disk` (a
+    memory-mapped copy under `cache_dir`, reused by later runs); an uncompressed `.npz` is
+    memory-mapped unless `cache` is `memory`.
     """
 
     source: str = option("digits")
@@ -55,6 +59,9 @@ class DataConfig:
     normalize: bool = option(True)
     on_bad_image: str = option("error", choices=["error", "skip"])
     duplicates: str = option("warn", choices=["error", "warn", "drop"])
+    cache: str = option("none", choices=["none", "memory", "disk"])
+    cache_dir: Optional[str] = option(None)
+    workers: Optional[int] = option(None, low=1)
 
     def check(self, prefix):
         if self.validation_fraction + self.test_fraction >= 1.0:
@@ -64,6 +71,43 @@ class DataConfig:
             )
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise UserError(f"{prefix}image_size must be [height, width]; got {self.image_size}")
+
+
+@dataclasses.dataclass
+class AugmentationConfig:
+    """Random changes to training images, drawn anew for every batch (seed 004: "never the
+    same input twice"), built from Keras's preprocessing layers (`app.augmentation`).
+
+    Magnitudes are fractions as in Keras's layers: `rotation` of a full turn, `translation`
+    and `zoom` of the image size, `contrast` and `brightness` of the value range, `noise`
+    the standard deviation of Gaussian noise as a fraction of the value range, `erasing` the
+    probability of erasing a rectangle, `randaugment` the magnitude of two RandAugment
+    operations per image. `mixup` and `cutmix` are the α of their Beta distribution (0 is
+    off; with both, each batch takes one of them at random). Validation, test, `best.keras`
+    and exported models never see any of it.
+    """
+
+    flip: str = option("none", choices=["none", "horizontal", "vertical", "both"])
+    rotation: float = option(0.0, low=0.0, high=0.5)
+    translation: float = option(0.0, low=0.0, high=1.0)
+    zoom: float = option(0.0, low=0.0, high=1.0, high_open=True)
+    contrast: float = option(0.0, low=0.0, high=1.0)
+    brightness: float = option(0.0, low=0.0, high=1.0)
+    noise: float = option(0.0, low=0.0)
+    erasing: float = option(0.0, low=0.0, high=1.0)
+    randaugment: float = option(0.0, low=0.0, high=1.0)
+    mixup: float = option(0.0, low=0.0)
+    cutmix: float = option(0.0, low=0.0, high=1.0)
+
+    @property
+    def enabled(self):
+        return self.flip != "none" or any(
+            getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "flip")
+
+    @property
+    def mixes(self):
+        """Whether training targets are soft (MixUp or CutMix)."""
+        return bool(self.mixup or self.cutmix)
 
 
 @dataclasses.dataclass
@@ -292,6 +336,7 @@ class Config:
 
     seed: int = option(42, low=0)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)

@@ -1,0 +1,118 @@
+"""What `model.fit` and `model.evaluate` are given: the arrays themselves when the data is
+in memory and nothing changes it, else `Batches`, a `keras.utils.PyDataset` whose worker
+threads read (decode), augment and batch while the model trains.
+
+A `PyDataset` runs on every backend and needs no TensorFlow, so the JAX-only install
+streams image folders too. Threads, not processes: PIL decodes and NumPy copies without the
+GIL, and threads share the file list instead of pickling it to each worker.
+
+```python
+model.fit(**fit_inputs(dataset, config, augmenter), epochs=10)
+model.evaluate(**evaluation_inputs(dataset.x_test, dataset.y_test, config))
+```
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from app.arrays import LazyRows
+from app.image_folder import default_workers
+
+# Batches each worker thread may have ready ahead of the model.
+BATCHES_AHEAD_PER_WORKER = 2
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of a split, read when a worker asks for them, shuffled and augmented if asked.
+
+    The order and the augmentation of every batch depend only on `seed`, the epoch and the
+    batch's index, not on which thread reads it first: a run repeats exactly.
+
+    Args:
+        features: the split's features, an array or `app.arrays.LazyRows`.
+        labels: the split's integer labels.
+        batch_size: samples per batch (the last batch may be smaller).
+        seed: the seed of the per-epoch shuffle and of the augmentation, or `None` to keep
+            the order (validation and test).
+        augmenter: an `app.augmentation.Augmenter`, or `None`.
+        workers: reading threads.
+
+    Example:
+
+    ```python
+    model.fit(Batches(x_train, y_train, 64, seed=0, workers=4), epochs=3)
+    ```
+    """
+
+    def __init__(self, features, labels, batch_size, seed=None, augmenter=None, workers=1):
+        super().__init__(workers=workers, use_multiprocessing=False,
+                         max_queue_size=BATCHES_AHEAD_PER_WORKER * workers)
+        self.features = features
+        self.labels = np.asarray(labels)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augmenter = augmenter
+        self.epoch = 0
+        self.order = self._order()
+
+    @property
+    def num_batches(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index):
+        positions = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        features = np.asarray(self.features[positions], dtype=np.float32)
+        labels = self.labels[positions]
+        if self.augmenter is not None:
+            features, labels = self.augmenter(features, labels, seed=(self.seed, self.epoch, index))
+        return features, labels
+
+    def on_epoch_end(self):
+        # Keras calls this once the epoch's workers have stopped, so no batch of the epoch
+        # can see the next order.
+        self.epoch += 1
+        self.order = self._order()
+
+    def _order(self):
+        if self.seed is None:
+            return np.arange(len(self.labels))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
+
+
+def fit_inputs(dataset, config, augmenter=None):
+    """`model.fit`'s data arguments for the training and validation splits of `dataset`.
+
+    Args:
+        dataset: the `app.data.Dataset`.
+        config: the resolved configuration (`training.batch_size`, `seed`, `data.workers`).
+        augmenter: an `app.augmentation.Augmenter` for the training batches, or `None`.
+    """
+    batch_size = config.training.batch_size
+    if augmenter is None and not dataset.streamed:
+        return {"x": dataset.x_train, "y": dataset.y_train, "batch_size": batch_size,
+                "validation_data": (dataset.x_val, dataset.y_val)}
+    workers = config.data.workers or default_workers()
+    training = Batches(dataset.x_train, dataset.y_train, batch_size, seed=config.seed,
+                       augmenter=augmenter, workers=workers)
+    if dataset.streamed:
+        return {"x": training, "validation_data": Batches(dataset.x_val, dataset.y_val,
+                                                          batch_size, workers=workers)}
+    return {"x": training, "validation_data": (dataset.x_val, dataset.y_val),
+            "validation_batch_size": batch_size}
+
+
+def evaluation_inputs(features, labels, config):
+    """`model.evaluate`'s (or `predict`'s) data arguments for a split, in order.
+
+    Args:
+        features: the split's features, an array or `app.arrays.LazyRows`.
+        labels: its integer labels.
+        config: the resolved configuration (`training.batch_size`, `data.workers`).
+    """
+    batch_size = config.training.batch_size
+    if not isinstance(features, LazyRows):
+        return {"x": features, "y": labels, "batch_size": batch_size}
+    return {"x": Batches(features, labels, batch_size,
+                         workers=config.data.workers or default_workers())}
