@@ -22,6 +22,8 @@ with devices.scope():
 import contextlib
 import dataclasses
 
+import numpy as np
+
 from app.errors import UserError
 
 # The backend each strategy runs on.
@@ -80,11 +82,13 @@ class Devices:
         if batch_size % self.replicas:
             raise UserError(f"training.batch_size {batch_size} must be a multiple of the "
                             f"{self.replicas} devices that {self.strategy} splits it over")
+        from app.arrays import select
+
         even = {}
         for split in ("train", "val"):
-            kept = len(getattr(dataset, f"y_{split}")) // self.replicas * self.replicas
+            kept = np.arange(len(getattr(dataset, f"y_{split}")) // self.replicas * self.replicas)
             for prefix in ("x", "y"):
-                even[f"{prefix}_{split}"] = getattr(dataset, f"{prefix}_{split}")[:kept]
+                even[f"{prefix}_{split}"] = select(getattr(dataset, f"{prefix}_{split}"), kept)
         return dataclasses.replace(dataset, **even)
 
     def describe(self):

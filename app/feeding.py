@@ -96,22 +96,25 @@ def fit_inputs(dataset, config, augmenter=None):
     workers = config.data.workers or default_workers()
     training = Batches(dataset.x_train, dataset.y_train, batch_size, seed=config.seed,
                        augmenter=augmenter, workers=workers)
+    # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
     if dataset.streamed:
-        return {"x": training, "validation_data": Batches(dataset.x_val, dataset.y_val,
-                                                          batch_size, workers=workers)}
-    return {"x": training, "validation_data": (dataset.x_val, dataset.y_val),
+        return {"x": training, "shuffle": False,
+                "validation_data": Batches(dataset.x_val, dataset.y_val, batch_size,
+                                           workers=workers)}
+    return {"x": training, "shuffle": False, "validation_data": (dataset.x_val, dataset.y_val),
             "validation_batch_size": batch_size}
 
 
-def evaluation_inputs(features, labels, config):
-    """`model.evaluate`'s (or `predict`'s) data arguments for a split, in order.
+def evaluation_inputs(features, labels, config, batch_size=None):
+    """`model.evaluate`'s (or `fit`'s, unshuffled) data arguments for a split, in order.
 
     Args:
         features: the split's features, an array or `app.arrays.LazyRows`.
         labels: its integer labels.
         config: the resolved configuration (`training.batch_size`, `data.workers`).
+        batch_size: the batch size, if not `training.batch_size`.
     """
-    batch_size = config.training.batch_size
+    batch_size = batch_size or config.training.batch_size
     if not isinstance(features, LazyRows):
         return {"x": features, "y": labels, "batch_size": batch_size}
     return {"x": Batches(features, labels, batch_size,

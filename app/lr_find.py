@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from app.arrays import select
 from app.config import ScheduleConfig
 from app.errors import UserError
 from app.rundir import LR_FIND_CSV, LR_FIND_JSON, LR_FIND_PNG
@@ -38,6 +39,7 @@ def find_learning_rate(config, dataset, min_lr=DEFAULT_SWEEP["min_lr"],
     import keras
 
     from app.engine import build_compiled_model
+    from app.feeding import evaluation_inputs
     from callbacks import LRFinder
 
     batch_size = config.training.batch_size * config.training.accumulation_steps
@@ -50,8 +52,8 @@ def find_learning_rate(config, dataset, min_lr=DEFAULT_SWEEP["min_lr"],
     model = build_compiled_model(sweep_config, dataset)
     x, y = _sweep_batches(dataset, steps * batch_size, config.seed)
     finder = LRFinder(min_lr=min_lr, max_lr=max_lr, num_steps=steps, suggestion=rule)
-    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, callbacks=[finder],
-              verbose=config.training.verbose)
+    model.fit(**evaluation_inputs(x, y, config, batch_size), epochs=1, shuffle=False,
+              callbacks=[finder], verbose=config.training.verbose)
     if finder.suggestion is None:
         raise UserError(f"the loss diverged within {len(finder.losses)} steps of the LR sweep, "
                         f"before it could suggest a rate; lower --min-lr (now {min_lr:g})")
@@ -82,9 +84,10 @@ def write_lr_find(finder, directory):
 
 
 def _sweep_batches(dataset, samples, seed):
-    """`samples` training examples: shuffled passes over the training split, repeated."""
+    """`samples` training examples: shuffled passes over the training split, repeated
+    (still unread if the data are streamed)."""
     rng = np.random.default_rng(seed)
     passes = -(-samples // len(dataset.x_train))
     order = np.concatenate([rng.permutation(len(dataset.x_train)) for _ in range(passes)])
     order = order[:samples]
-    return dataset.x_train[order], dataset.y_train[order]
+    return select(dataset.x_train, order), dataset.y_train[order]
