@@ -43,16 +43,14 @@ class Augmenter:
     """
 
     def __init__(self, layers, mixers, num_classes, noise_stddev=0.0):
-        import keras
-
         self.layers = list(layers)
         self.mixers = list(mixers)
         self.num_classes = num_classes
         self.noise_stddev = noise_stddev
-        self._noise_seeds = keras.random.SeedGenerator(0)
-        # Keras's layers draw from their own seed generators: reseeding and drawing must
-        # not interleave between threads.
-        self._lock = threading.Lock()
+        # Keras's layers draw from their own seed generators, which each batch reseeds: every
+        # worker thread gets its own copies, so threads augment in parallel without drawing
+        # from each other's state.
+        self._per_thread = threading.local()
 
     def __call__(self, images, labels, seed):
         """Augments a batch.
@@ -70,22 +68,36 @@ class Augmenter:
         from keras import ops
 
         batch_seed = int(np.random.SeedSequence([int(part) for part in seed]).generate_state(1)[0])
-        with self._lock:
-            for position, layer in enumerate(self.layers):
-                _reseed(layer, batch_seed, position)
-                images = layer(images, training=True)
-            if self.noise_stddev:
-                _reseed_generator(self._noise_seeds, batch_seed, len(self.layers))
-                images = images + keras.random.normal(ops.shape(images), stddev=self.noise_stddev,
-                                                      seed=self._noise_seeds)
-            if self.mixers:
-                mixer = self.mixers[np.random.default_rng(batch_seed).integers(len(self.mixers))]
-                _reseed(mixer, batch_seed, len(self.layers) + 1)
-                mixed = mixer({"images": images,
-                               "labels": ops.one_hot(labels, self.num_classes)}, training=True)
-                images, labels = mixed["images"], mixed["labels"]
+        layers, mixers, noise_seeds = self._thread_copies()
+        for position, layer in enumerate(layers):
+            _reseed(layer, batch_seed, position)
+            images = layer(images, training=True)
+        if self.noise_stddev:
+            _reseed_generator(noise_seeds, batch_seed, len(layers))
+            images = images + keras.random.normal(ops.shape(images), stddev=self.noise_stddev,
+                                                  seed=noise_seeds)
+        if mixers:
+            mixer = mixers[np.random.default_rng(batch_seed).integers(len(mixers))]
+            _reseed(mixer, batch_seed, len(layers) + 1)
+            mixed = mixer({"images": images, "labels": ops.one_hot(labels, self.num_classes)},
+                          training=True)
+            images, labels = mixed["images"], mixed["labels"]
         return (np.asarray(ops.convert_to_numpy(images), dtype=np.float32),
                 np.asarray(ops.convert_to_numpy(labels)))
+
+    def _thread_copies(self):
+        """This thread's layers, mixers and noise seed generator (made from the configs)."""
+        import keras
+
+        copies = getattr(self._per_thread, "copies", None)
+        if copies is None:
+            def copy(layer):
+                return type(layer).from_config(layer.get_config())
+
+            copies = ([copy(layer) for layer in self.layers],
+                      [copy(mixer) for mixer in self.mixers], keras.random.SeedGenerator(0))
+            self._per_thread.copies = copies
+        return copies
 
 
 def build_augmenter(augmentation, dataset, seed):

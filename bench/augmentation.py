@@ -11,14 +11,21 @@ training seed varies), early stopping on validation loss with best-weight restor
 Each row is the mean ± standard deviation of test accuracy over `--seeds` training seeds.
 Seed 004 warns that "some invariances can harm your performance": flips and large rotations
 turn a 6 into a 9 and a 2 into a 5, and the digits rows show what they cost.
+
+`python bench/augmentation.py --speed` instead times the augmentation of one batch (64 RGB
+images of 64×64) on each backend, each in its own process, in milliseconds (median of 10
+batches after 3 warm-up batches, one thread).
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +54,6 @@ def task_config(task, data_dir, epochs):
     if task.startswith("shapes"):
         folder = data_dir / "shapes-augmentation"
         if not folder.exists():
-            import subprocess
-
             subprocess.run([sys.executable, "-m", "app", "make-dataset", "shapes", str(folder),
                             "--per-class", "200", "--size", "32", "--seed", "1"], check=True,
                            cwd=REPO, stdout=subprocess.DEVNULL)
@@ -90,12 +95,68 @@ def test_accuracy(overrides, seed):
     return metrics["test"]["accuracy"], len(dataset.y_train), len(dataset.y_test)
 
 
+SPEED_CASES = {
+    "flip, rotation, translation, zoom": {"flip": "horizontal", "rotation": 0.1,
+                                          "translation": 0.1, "zoom": 0.1},
+    "randaugment 0.5": {"randaugment": 0.5},
+    "mixup + cutmix": {"mixup": 0.2, "cutmix": 1.0},
+}
+
+
+def batch_milliseconds():
+    """Runs in a worker process: the median time to augment a batch, per case."""
+    import numpy as np
+
+    from app.augmentation import build_augmenter
+    from app.config import AugmentationConfig
+
+    class Images:
+        input_shape, value_range, num_classes, description = (64, 64, 3), (0.0, 255.0), 10, "x"
+
+    x = np.random.default_rng(0).uniform(0, 255, (64, 64, 64, 3)).astype(np.float32)
+    y = np.arange(64) % 10
+    result = {}
+    for name, keys in SPEED_CASES.items():
+        augmenter = build_augmenter(AugmentationConfig(**keys), Images, seed=0)
+        for batch in range(3):
+            augmenter(x, y, seed=(0, 0, batch))
+        times = []
+        for batch in range(10):
+            started = time.perf_counter()
+            augmenter(x, y, seed=(0, 1, batch))
+            times.append(1000 * (time.perf_counter() - started))
+        result[name] = statistics.median(times)
+    return result
+
+
+def speed_table():
+    rows = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        output = subprocess.run([sys.executable, __file__, "--speed-worker"], check=True,
+                                capture_output=True, text=True, env=environment, cwd=REPO)
+        rows[backend] = json.loads(output.stdout.strip().splitlines()[-1])
+    print(f"Milliseconds to augment a batch of 64 RGB 64×64 images, {os.cpu_count()} cores:\n")
+    print("| augmentation | TensorFlow | JAX | PyTorch |")
+    print("|---|---|---|---|")
+    for name in SPEED_CASES:
+        print(f"| {name} | " + " | ".join(f"{rows[backend][name]:.0f}" for backend in rows) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--data-dir", default="bench-data")
+    parser.add_argument("--speed", action="store_true", help="time augmentation per backend")
+    parser.add_argument("--speed-worker", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.speed_worker:
+        print(json.dumps(batch_milliseconds()))
+        return
+    if arguments.speed:
+        speed_table()
+        return
     data_dir = Path(arguments.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     import keras

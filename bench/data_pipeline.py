@@ -59,23 +59,26 @@ def measure(source, cache, warmup, batches, batch_size):
     inputs = fit_inputs(dataset, config)
     inputs.pop("validation_data")
     inputs.pop("validation_batch_size", None)
-    model.fit(**inputs, epochs=1, callbacks=[meter], verbose=0)
+    model.fit(**inputs, epochs=1000, callbacks=[meter], verbose=0)
     return {"load_s": load_seconds, "samples_per_s": batches * batch_size / meter.seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "train_samples": len(dataset.y_train)}
 
 
 class BatchMeter:
-    """Times `batches` training batches after `warmup` ones, then stops training."""
+    """Times `batches` training batches after `warmup` ones (across epochs), then stops."""
 
     def __new__(cls, warmup, batches):
         import keras
 
         class Meter(keras.callbacks.Callback):
+            done = 0
+
             def on_train_batch_end(self, batch, logs=None):
-                if batch + 1 == warmup:
+                self.done += 1
+                if self.done == warmup:
                     self.started = time.perf_counter()
-                if batch + 1 == warmup + batches:
+                if self.done == warmup + batches:
                     self.seconds = time.perf_counter() - self.started
                     self.model.stop_training = True
 

@@ -150,3 +150,17 @@ def test_augment_preview_writes_a_png(run_cli, tmp_path):
     assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
     code, _, err = run_cli("augment-preview", "--output", str(tmp_path / "none.png"))
     assert code == 2 and "augmentation section changes nothing" in err
+
+
+def test_threads_augment_in_parallel_and_each_batch_stays_reproducible(digits):
+    import concurrent.futures
+
+    augmenter = augmenter_for(digits, rotation=0.1, translation=0.1, noise=0.05, mixup=0.2)
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    seeds = [(0, 0, index) for index in range(6)]
+    serial = [augmenter(x, y, seed=seed) for seed in seeds]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        parallel = list(pool.map(lambda seed: augmenter(x, y, seed=seed), seeds))
+    for (images, targets), (again, same_targets) in zip(serial, parallel):
+        np.testing.assert_array_equal(images, again)
+        np.testing.assert_array_equal(targets, same_targets)
