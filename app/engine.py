@@ -115,6 +115,10 @@ def build_compiled_model(config, dataset, devices=None):
     if synchronized and model_config.normalization == "batch":
         model_config = dataclasses.replace(model_config, normalization="sync_batch")
     model = build_model(model_config, dataset.input_shape, dataset.num_classes, **statistics)
+    if config.training.fine_tune.enabled:
+        from models.backbones import set_backbone_trainable
+
+        set_backbone_trainable(model, blocks=0)
     learning_rate = build_schedule(config.schedule, steps_per_epoch(config, dataset),
                                    config.training.epochs)
     model.compile(
@@ -251,16 +255,45 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         from app.augmentation import build_augmenter
 
         augmenter = build_augmenter(config.augmentation, dataset, config.seed)
-    result = model.fit(
-        **fit_inputs(dataset, config, augmenter),
-        callbacks=[*configured, *callbacks],
-        verbose=config.training.verbose if verbose is None else verbose,
-        **fit_arguments,
-    )
+    inputs = fit_inputs(dataset, config, augmenter)
+    arguments = {"callbacks": [*configured, *callbacks],
+                 "verbose": config.training.verbose if verbose is None else verbose}
+    result = model.fit(**inputs, **arguments, **fit_arguments)
+    fine_tune = config.training.fine_tune
+    phase_two = (fine_tune.enabled and fine_tune.epochs > 0 and "initial_epoch" not in fit_arguments
+                 and not (guard is not None and guard.triggered))
+    if phase_two and not (stopper is not None and stopper.interrupted):
+        _unfreeze_and_recompile(model, config, dataset)
+        done = len(result.history["loss"])
+        second = model.fit(**inputs, **arguments, initial_epoch=done,
+                           epochs=done + fine_tune.epochs)
+        for key, values in second.history.items():
+            result.history.setdefault(key, []).extend(values)
     if stopper is not None and stopper.interrupted:
         # The first Ctrl-C stopped training gracefully; a run stays complete or absent.
         raise KeyboardInterrupt
     return result, _nan_report(guard, epochs=len(result.history["loss"]))
+
+
+def _unfreeze_and_recompile(model, config, dataset):
+    """Fine-tuning's second phase: the top blocks of the body train, at `lr_factor` × the
+    rate, under the configured schedule over the phase's own epochs (a fresh optimizer)."""
+    from app.tables.architectures import APPLICATIONS
+    from app.tables.optimizers import build_optimizer
+    from app.tables.schedules import build_schedule
+    from models.backbones import set_backbone_trainable
+
+    fine_tune = config.training.fine_tune
+    architecture = config.model.architecture
+    set_backbone_trainable(model, fine_tune.unfreeze,
+                           architecture if architecture in APPLICATIONS else None)
+    schedule = config.schedule
+    scaled = dataclasses.replace(schedule, lr=schedule.lr * fine_tune.lr_factor,
+                                 min_lr=None if schedule.min_lr is None
+                                 else schedule.min_lr * fine_tune.lr_factor)
+    learning_rate = build_schedule(scaled, steps_per_epoch(config, dataset), fine_tune.epochs)
+    model.compile(optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
+                  loss=training_loss(config), metrics=[accuracy_metric(config)])
 
 
 def _optional_callbacks(config, dataset):

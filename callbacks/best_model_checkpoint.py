@@ -14,7 +14,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     Unlike `keras.callbacks.ModelCheckpoint(save_best_only=True)`, a NaN or infinite value
     never counts as best (Keras 3.15 saves a NaN first epoch), so a diverged run keeps its
     last good model or none at all. After training, `best_epoch` (1-based) and `best_value`
-    say which epoch was kept.
+    say which epoch was kept. Like Keras's `ModelCheckpoint`, a second `fit` with the same
+    callback continues from the best so far (fine-tuning's second phase, `initial_epoch`
+    resumes): only a better epoch overwrites the file.
 
     Args:
         filepath: where to save, a `.keras` path.
@@ -40,11 +42,6 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.mode = mode
         self.saved_model = saved_model
-        self.best_epoch = None
-        self.best_value = None
-        self.direction = None
-
-    def on_train_begin(self, logs=None):
         self.best_epoch = None
         self.best_value = None
         self.direction = None

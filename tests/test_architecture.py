@@ -84,7 +84,7 @@ def test_required_keys_and_keys_of_other_rows_are_refused_by_name():
 
 def test_size_presets_fill_unset_keys_and_overrides_win():
     row = ARCHITECTURES.row("cnn")
-    assert row.size_arguments(ModelConfig(architecture="cnn", size="student", width=7)) == {
+    assert row.arguments(ModelConfig(architecture="cnn", size="student", width=7)) == {
         **row.presets["student"], "width": 7}
 
 

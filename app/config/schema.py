@@ -8,10 +8,12 @@ keys that a schedule, an optimizer or an architecture takes come from their tabl
 """
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 from app.config.validation import option
 from app.errors import UserError
+from app.tables.architectures import APPLICATIONS as BACKBONE_ARCHITECTURES
 from app.tables.architectures import ARCHITECTURES, SIZES
 from app.tables.optimizers import OPTIMIZERS
 from app.tables.schedules import SCHEDULES, WARMUP_SCHEDULES
@@ -112,7 +114,13 @@ class AugmentationConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Which model to build. `width`, `depth` and `filters` override the size preset."""
+    """Which model to build. `width`, `depth` and `filters` override the size preset.
+
+    A pretrained body (`mobilenet_v2`, ..., `resnet50`) takes `backbone_weights`
+    (`imagenet`, `none` or a weights file) and `input_size` ([height, width] the body
+    sees); `transfer` takes `backbone`, a run directory or a `.keras` file whose body it
+    reuses. Both get a new head (pooling, `dropout`, logits).
+    """
 
     architecture: str = option("mlp", choices=ARCHITECTURES.names())
     size: str = option("teacher", choices=SIZES)
@@ -131,9 +139,24 @@ class ModelConfig:
     l1: float = option(0.0, low=0.0)
     l2: float = option(0.0, low=0.0)
     num_classes: Optional[int] = option(None, low=2)
+    backbone_weights: Optional[str] = option(None)
+    input_size: Optional[list[int]] = option(None, low=32)
+    backbone: Optional[str] = option(None)
 
     def check(self, prefix):
         ARCHITECTURES.check(self, prefix)
+        if self.input_size is not None and len(self.input_size) != 2:
+            raise UserError(f"{prefix}input_size must be [height, width]; got {self.input_size}")
+        weights = self.backbone_weights
+        if weights not in (None, "imagenet", "none") and not Path(weights).is_file():
+            raise UserError(f"{prefix}backbone_weights {weights!r} is neither imagenet, none nor "
+                            "an existing weights file")
+        if self.backbone is not None:
+            source = Path(self.backbone)
+            if not (source.suffix == ".keras" and source.is_file()) and not (
+                    source / "best.keras").is_file():
+                raise UserError(f"{prefix}backbone {self.backbone!r} is neither a .keras file "
+                                "nor a run directory with best.keras")
 
 
 @dataclasses.dataclass
@@ -230,6 +253,23 @@ class ScheduleConfig:
 
 
 @dataclasses.dataclass
+class FineTuneConfig:
+    """Fine-tuning a pretrained body in two phases (Keras's transfer-learning guide, fastai's
+    `fine_tune`): `training.epochs` with the body frozen and only the head training, then
+    `epochs` more with the top `unfreeze` blocks of the body (`null`: all) training at
+    `lr_factor` × the rate. BatchNormalization layers stay frozen and in inference mode.
+    `epochs: null` trains the whole model from the start; `0` trains only the head."""
+
+    epochs: Optional[int] = option(None, low=0)
+    unfreeze: Optional[int] = option(None, low=1)
+    lr_factor: float = option(0.1, low=0.0, high=1.0, low_open=True)
+
+    @property
+    def enabled(self):
+        return self.epochs is not None
+
+
+@dataclasses.dataclass
 class TrainingConfig:
     """The training loop. At most one of the three clipping keys may be set."""
 
@@ -245,6 +285,7 @@ class TrainingConfig:
     verbose: int = option(1, choices=[0, 1, 2])
     noise_scale: bool = option(False)
     nan_guard: bool = option(True)
+    fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
 
     def check(self, prefix):
         schedule = self.accumulation_schedule or []
@@ -347,3 +388,11 @@ class Config:
     tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
     distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
     search: dict = option({})
+
+    def check(self, prefix):
+        if self.training.fine_tune.enabled and not ARCHITECTURES.row(
+                self.model.architecture).has_backbone:
+            raise UserError(f"{prefix}training.fine_tune needs a pretrained body to freeze: "
+                            f"model.architecture is {self.model.architecture!r}; use one of "
+                            f"{', '.join(BACKBONE_ARCHITECTURES)} or transfer, or set "
+                            f"{prefix}training.fine_tune.epochs to null")
