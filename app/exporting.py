@@ -131,8 +131,8 @@ def _save_and_check(mlmodel, model, found, options, path):
     rates it; writes both reports beside it. Returns the result without its final path."""
     import coremltools
 
-    from export import (ProgramInterpreter, UnsupportedOperation, compress, package_size,
-                        readiness_report, verify_package)
+    from export import (ProgramInterpreter, UnsupportedOperation, compress,
+                        outputs_probabilities, package_size, readiness_report, verify_package)
 
     uncompressed_size = None
     if options.compression:
@@ -149,7 +149,8 @@ def _save_and_check(mlmodel, model, found, options, path):
                                 f"({type(error).__name__}: {error})", None) from None
     try:
         verification = verify_package(interpreter, model, found.check_inputs,
-                                      options.precision, options.compression)
+                                      options.precision, options.compression,
+                                      outputs_probabilities=outputs_probabilities(model))
     except UnsupportedOperation as error:
         raise UserError(f"the package holds an operation the NumPy verifier cannot run "
                         f"({error}); it was not written") from None
@@ -226,11 +227,13 @@ def _default_name(base, options):
 
 
 def _check_classifier(model, found):
-    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.output.shape) != 2:
+    # `outputs`, not `output`: a Sequential model loaded from .keras has never been called,
+    # and Keras gives it no `output` then.
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
         raise UserError(f"{found.model_path} must be a classifier with one input and one "
                         f"(batch, classes) logits output to export; its outputs are "
                         f"{[tuple(output.shape) for output in model.outputs]}")
-    classes = int(model.output.shape[-1])
+    classes = int(model.outputs[0].shape[-1])
     if found.class_labels is None:
         found.class_labels = [str(index) for index in range(classes)]
     if found.check_inputs is None:

@@ -20,7 +20,7 @@ report = verify_package(ProgramInterpreter.from_package("student.mlpackage"), mo
 
 from export.ane_report import format_report, readiness_report
 from export.compression import COMPRESSIONS, compress, package_size
-from export.converter import PRECISIONS, convert, set_metadata
+from export.converter import PRECISIONS, convert, outputs_probabilities, set_metadata
 from export.errors import ExportError, UnconvertibleModel, UnsupportedOperation
 from export.interpreter import ProgramInterpreter
 from export.verification import verify_package
@@ -35,6 +35,7 @@ __all__ = [
     "compress",
     "convert",
     "format_report",
+    "outputs_probabilities",
     "package_size",
     "readiness_report",
     "set_metadata",

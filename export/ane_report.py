@@ -62,12 +62,18 @@ def readiness_report(interpreter):
 
     compute = [op for op in operations if op.op_type not in BOOKKEEPING_OPS
                and not op.op_type.startswith("constexpr_")]
+    fp32 = [op for op in compute if _output_dtype(op) == "fp32"]
+    if any(_output_dtype(op) == "fp16" for op in compute):
+        advice = ("this fp16 package keeps them in fp32 (coremltools does for operations it "
+                  "deems unsafe in fp16); replace the layers they come from")
+    else:
+        advice = "export with --precision fp16"
     flag("errors", "fp32_compute",
-         "{n} operations compute in fp32, which the Neural Engine never runs; export with "
-         "--precision fp16", [op for op in compute if _output_dtype(op) == "fp32"])
+         f"{{n}} operations compute in fp32, which the Neural Engine never runs; {advice}", fp32)
+    # Computed tensors only: constants (weights, a palette's packed indices) are not limited.
     flag("errors", "dimension_limit",
          f"{{n}} operations have tensors of rank over {MAX_RANK} or a dimension over "
-         f"{MAX_DIMENSION}", [op for op in operations if _over_limits(op)])
+         f"{MAX_DIMENSION}", [op for op in compute if _over_limits(op)])
     flag("warnings", "open_range_shape",
          "the input shape is an open range, which runs off the Neural Engine; use --batch "
          "(enumerated shapes)", _open_range(interpreter, operations))
@@ -94,7 +100,8 @@ def readiness_report(interpreter):
                                 and _large_pooling(op)])
     flag("warnings", "large_upsampling",
          f"{{n}} upsampling operations scale by more than {MAX_UPSAMPLING}×",
-         [op for op in operations if op.op_type.startswith("upsample") and _upsampling(op)])
+         [op for op in operations if op.op_type.startswith("upsample") and _upsampling(op)
+          or _tiled_upsampling(op) > MAX_UPSAMPLING])
     return {
         **findings,
         "counts": {
@@ -159,6 +166,17 @@ def _large_pooling(op):
     strides = op.inputs.get("strides")
     stride = np.asarray(strides.val) if strides is not None else np.ones(1)
     return bool(np.any(kernel > MAX_KERNEL) or np.any(stride > MAX_POOL_STRIDE))
+
+
+def _tiled_upsampling(op):
+    """The factor of a nearest-neighbour upsampling written as expand_dims → tile → reshape
+    (how Keras's `UpSampling2D` and `ops.repeat` convert), else 0."""
+    if op.op_type != "tile" or op.inputs["x"].op is None \
+            or op.inputs["x"].op.op_type != "expand_dims" or op.inputs["reps"].val is None:
+        return 0
+    if not any(child.op_type == "reshape" for child in op.outputs[0].child_ops):
+        return 0
+    return int(np.max(op.inputs["reps"].val))
 
 
 def _upsampling(op):

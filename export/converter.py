@@ -27,12 +27,26 @@ PRECISIONS = ("fp16", "fp32")
 DEPLOYMENT_TARGET = "iOS17"
 
 
+def outputs_probabilities(model):
+    """Whether `model` already ends in a softmax (a `Softmax` layer, or a last layer with
+    `activation="softmax"`): its outputs are probabilities, not logits."""
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(getattr(last, "activation", None), "__name__", None) == "softmax"
+
+
 def convert(model, class_labels, precision="fp16", batch_sizes=(1,)):
-    """Converts a Keras classifier that outputs logits into a Core ML classifier.
+    """Converts a Keras classifier into a Core ML classifier.
+
+    A model that outputs logits gets a softmax; one that already ends in a softmax
+    (`outputs_probabilities`) does not get a second one.
 
     Args:
         model: a `keras.Model` loaded under the TensorFlow backend, with one input and one
-            logits output.
+            output of logits or probabilities.
         class_labels: the class names, in the order of the logits.
         precision: `"fp16"` (what the Neural Engine runs) or `"fp32"`.
         batch_sizes: the batch sizes the package accepts. One size gives a fixed shape; more
@@ -60,9 +74,12 @@ def convert(model, class_labels, precision="fp16", batch_sizes=(1,)):
                                     default=(batch_sizes[0], *sample_shape))
         trace_shape = (None, *sample_shape)
 
+    ends_in_softmax = outputs_probabilities(model)
+
     @tf.function
     def probabilities(x):
-        return tf.nn.softmax(model(x, training=False), axis=-1)
+        outputs = model(x, training=False)
+        return outputs if ends_in_softmax else tf.nn.softmax(outputs, axis=-1)
 
     # The TensorSpec's name becomes the Core ML input's name.
     function = probabilities.get_concrete_function(

@@ -33,10 +33,16 @@ def check_convertible(model):
 
 
 def explain_conversion_error(model, error):
-    """An `UnconvertibleModel` that says what a coremltools conversion error means for `model`."""
+    """An `UnconvertibleModel` that says what a coremltools conversion error means for `model`,
+    naming the layer that holds the failing operation when one can be found (an exact gelu
+    inside a custom activation function, say)."""
     text = str(error)
     for op, meaning in KNOWN_OP_FAILURES.items():
         if op in text:
+            layer = _layer_with_op(model, op)
+            if layer is not None:
+                return UnconvertibleModel(f"layer {layer.name!r} of {model.name!r} contains "
+                                          f"{meaning}")
             return UnconvertibleModel(f"Core ML cannot convert {model.name!r}: it contains "
                                       f"{meaning}")
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
@@ -52,6 +58,28 @@ def _problem(layer):
     if getattr(layer, "activation", None) is keras.activations.gelu:
         return ("uses the exact gelu (an erf), which Core ML cannot convert: use "
                 "keras.activations.gelu(x, approximate=True), or another model.activation")
+    return None
+
+
+def _layer_with_op(model, op):
+    """The innermost layer whose TensorFlow graph holds an operation of type `op`, or `None`.
+
+    Each layer is traced alone on its own input's shape; layers that cannot be (a layer of a
+    Sequential model that was never called has no input) are skipped.
+    """
+    import tensorflow as tf
+
+    for layer in _all_layers(model):
+        if getattr(layer, "layers", None):  # a nested model: its own layers come later
+            continue
+        try:
+            spec = tf.nest.map_structure(lambda tensor: tf.TensorSpec(tensor.shape, tensor.dtype),
+                                         layer.input)
+            graph = tf.function(layer.__call__).get_concrete_function(spec).graph
+        except Exception:  # noqa: BLE001 (any layer that cannot be traced alone is skipped)
+            continue
+        if any(operation.type.startswith(op) for operation in graph.get_operations()):
+            return layer
     return None
 
 

@@ -52,6 +52,41 @@ def test_dimensions_over_the_limit_are_errors():
     assert rules(report, "errors") == ["dimension_limit"]
 
 
+def repeat_rows(x, factor):
+    """Nearest upsampling of the height as Keras's UpSampling2D converts it."""
+    expanded = mb.expand_dims(x=x, axes=[3])
+    tiled = mb.tile(x=expanded, reps=[1, 1, 1, factor, 1])
+    return mb.reshape(x=tiled, shape=[1, 4, 8 * factor, 8])
+
+
+@pytest.mark.parametrize("factor,flagged", [(2, False), (3, True)])
+def test_upsampling_written_as_tile_and_reshape_is_caught(factor, flagged):
+    report = report_of(lambda x: repeat_rows(x, factor))
+    assert ("large_upsampling" in rules(report, "warnings")) == flagged
+
+
+def test_an_fp32_operation_inside_an_fp16_program_is_not_told_to_export_fp16():
+    report = report_of(lambda x: mb.cast(x=mb.relu(x=mb.cast(x=conv(x), dtype="fp32")),
+                                         dtype="fp16"))
+    assert rules(report, "errors") == ["fp32_compute"]
+    assert "--precision fp16" not in format_report(report)
+    assert "fp16 package keeps them in fp32" in format_report(report)
+
+
+def test_packed_palette_indices_are_not_held_to_the_dimension_limit():
+    """A 4-bit palette of a 128×64×3×3 kernel packs its indices into 36,864 bytes, a 1-D
+    constant over 16,384 long: not a tensor the Neural Engine computes."""
+    def build(x):
+        packed = np.random.default_rng(0).integers(0, 256, 128 * 64 * 9 // 2).astype(np.uint8)
+        weight = mb.constexpr_lut_to_dense(indices=packed,
+                                           lut=np.linspace(-1, 1, 16).astype(np.float16),
+                                           shape=np.array([128, 64, 3, 3], dtype=np.uint32))
+        return mb.conv(x=x, weight=weight, pad_type="same")
+
+    report = report_of(build, shape=(1, 64, 8, 8))
+    assert "dimension_limit" not in rules(report, "errors")
+
+
 @pytest.mark.parametrize("build,rule", [
     (lambda x: conv(x, dilations=(2, 2)), "dilated_convolution"),
     (lambda x: conv(x, kernel=15), "wide_convolution"),

@@ -210,3 +210,56 @@ def test_an_unconvertible_layer_is_one_line_and_writes_nothing(run_cli, tmp_path
     assert code == 2 and out == ""
     assert err.startswith("error: layer 'hidden' uses the exact gelu") and err.count("\n") == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m.keras"]
+
+
+@tensorflow_only
+def test_a_model_ending_in_softmax_gets_no_second_softmax(run_cli, tmp_path):
+    import keras
+    import numpy as np
+
+    inputs = keras.Input((6,), name="input")
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(hidden))
+    model.layers[-1].set_weights([w * 8 for w in model.layers[-1].get_weights()])  # confident
+    model.save(tmp_path / "softmax.keras")
+    code, out, err = run_cli("export", str(tmp_path / "softmax.keras"))
+    assert code == 0, err
+    verification = json.loads((tmp_path / "softmax.verification.json").read_text())
+    # A second softmax flattens confident probabilities toward 1/4: off by far more than 0.02.
+    assert verification["passed"] and verification["max_abs_probability_error"] < 2e-2
+    interpreter = ProgramInterpreter.from_package(tmp_path / "softmax.mlpackage")
+    x = np.random.default_rng(0).normal(size=(1, 6)).astype(np.float32)
+    probabilities = interpreter.run(input=x)["classLabel_probs"]
+    np.testing.assert_allclose(np.asarray(probabilities).reshape(-1),
+                               model.predict(x, verbose=0)[0], atol=2e-2)
+
+
+@tensorflow_only
+def test_a_sequential_model_loaded_from_keras_exports(run_cli, tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    model.build((None, 5))
+    model.save(tmp_path / "sequential.keras")
+    code, out, err = run_cli("export", str(tmp_path / "sequential.keras"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "sequential.verification.json").read_text())["passed"]
+
+
+@tensorflow_only
+def test_an_exact_gelu_inside_a_custom_activation_is_reported_against_its_layer(run_cli,
+                                                                              tmp_path):
+    import keras
+
+    @keras.saving.register_keras_serializable(package="tests")
+    def smooth(x):
+        return keras.activations.gelu(x, approximate=False) * 1.5
+
+    inputs = keras.Input((4,), name="input")
+    hidden = keras.layers.Dense(8, activation=smooth, name="hidden")(inputs)
+    keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden), name="custom").save(
+        tmp_path / "custom.keras")
+    code, out, err = run_cli("export", str(tmp_path / "custom.keras"))
+    message = err.strip().splitlines()[-1]  # after coremltools's progress bars
+    assert code == 2 and message.startswith(
+        "error: layer 'hidden' of 'custom' contains the exact gelu (an erf); use "), err

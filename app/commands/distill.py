@@ -98,7 +98,9 @@ def run_distill(config, teacher_dir):
         history, metrics = train_and_test(config, dataset, staging.folder / BEST_MODEL_FILE,
                                           teacher=teacher)
         metrics["distillation"] = {
-            "teacher_run": str(teacher_dir.resolve()),
+            # The run's name, not its absolute path: metrics and the exported package's
+            # metadata travel to other machines and must not carry local folder names.
+            "teacher_run": teacher_dir.resolve().name,
             "temperature": config.distillation.temperature,
             "alpha": config.distillation.alpha,
             "teacher": {"test_accuracy": float(teacher_accuracy),
