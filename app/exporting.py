@@ -272,7 +272,10 @@ def _user_name():
 def _failures(result, strict):
     verification = result["verification"]
     failures = []
-    if not verification["passed"]:
+    if not verification["passed"] and verification["criterion"].startswith("cannot"):
+        failures.append(f"verification failed: {verification['criterion']} (the model's "
+                        "outputs do not depend on its inputs: train it first)")
+    elif not verification["passed"]:
         failures.append(
             f"verification failed: max |Δ logit| {verification['max_abs_logit_error']:.3g}, "
             f"top-1 agreement {verification['top1_agreement']:.4f} "

@@ -263,3 +263,16 @@ def test_an_exact_gelu_inside_a_custom_activation_is_reported_against_its_layer(
     message = err.strip().splitlines()[-1]  # after coremltools's progress bars
     assert code == 2 and message.startswith(
         "error: layer 'hidden' of 'custom' contains the exact gelu (an erf); use "), err
+
+
+@tensorflow_only
+def test_a_model_with_constant_outputs_cannot_verify_decisions(run_cli, tmp_path):
+    import keras
+
+    inputs = keras.Input((5,), name="input")
+    logits = keras.layers.Dense(3, kernel_initializer="zeros", bias_initializer="ones")(inputs)
+    keras.Model(inputs, logits).save(tmp_path / "constant.keras")
+    code, out, err = run_cli("export", str(tmp_path / "constant.keras"))
+    assert code == 1
+    assert "verification failed: cannot verify decisions: constant outputs" in err
+    assert not (tmp_path / "constant.mlpackage").exists()
