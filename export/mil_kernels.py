@@ -38,7 +38,8 @@ def kernel(*op_types):
 @kernel("conv")
 def conv(op, inputs):
     """`conv`: N-d convolution with strides, dilations, groups and MIL's padding modes."""
-    x, weight = inputs["x"], inputs["weight"]
+    # float64 before multiplying: NumPy has no BLAS for fp16, whose matrix products crawl.
+    x, weight = (np.asarray(inputs[name], dtype=np.float64) for name in ("x", "weight"))
     strides, dilations = _spatial(inputs, "strides", x), _spatial(inputs, "dilations", x)
     groups = int(inputs.get("groups", 1))
     kernel = weight.shape[2:]
@@ -65,7 +66,7 @@ def conv(op, inputs):
 @kernel("conv_transpose")
 def conv_transpose(op, inputs):
     """`conv_transpose`: the gradient of `conv` with respect to its input."""
-    x, weight = inputs["x"], inputs["weight"]
+    x, weight = (np.asarray(inputs[name], dtype=np.float64) for name in ("x", "weight"))
     strides, dilations = _spatial(inputs, "strides", x), _spatial(inputs, "dilations", x)
     groups = int(inputs.get("groups", 1))
     kernel = weight.shape[2:]

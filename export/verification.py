@@ -79,6 +79,8 @@ def verify_package(interpreter, keras_model, x, precision, compression=None,
         "max_abs_logit_error": logit_error,
         "max_abs_probability_error": probability_error,
         "top1_agreement": agreement,
+        # Agreement means little when the model gives every input the same class.
+        "distinct_decisions": int(len(np.unique(expected.argmax(axis=-1)))),
         "labels_consistent": bool(np.all(labels == argmax_labels)),
     }
     minimum = MIN_TOP1_AGREEMENT[compression or precision]
