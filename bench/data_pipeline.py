@@ -178,7 +178,8 @@ def main():
     print(f"CNN teacher, {IMAGE_SIZE}×{IMAGE_SIZE} RGB shapes, batch {arguments.batch_size}, "
           f"{arguments.backend}, {os.cpu_count()} cores; samples/s over {arguments.batches} "
           f"batches after {arguments.warmup}\n")
-    print("| images | data | peak RSS (MB) | load + checks (s) | samples / s | streamed / in memory |")
+    print("| images | data | peak RSS (MB) | load + checks (s) | samples / s "
+          "| streamed / in memory |")
     print("|---|---|---|---|---|---|")
     for size in sizes:
         for cache, label in (("none", "streamed"), ("memory", "in memory")):

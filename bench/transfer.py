@@ -1,15 +1,16 @@
 """Transfer learning with few labels: a body pretrained by `fit` on another generated task
 against the same network from scratch.
 
-Usage: `python bench/transfer.py [--seeds 3] [--labels 20] [--data-dir bench-data]`.
+Usage: `python bench/transfer.py [--architecture cnn|mobilenet_v3_small] [--seeds 3]
+[--labels 20] [--data-dir bench-data]`.
 The generated shapes task is cut in two: the source task is five shapes (circle, ellipse,
 ring, triangle, square; 600 images each), the target task the other five (pentagon, hexagon,
 star, cross, crescent; `--labels` training images each, 20 for validation and 160 for test
-per class, drawn with another seed). Both at 32×32 RGB. The CNN teacher is trained once on
-the source; then, on the target, with the same epoch budget and 3 training seeds (same
-splits):
+per class, drawn with another seed). Both at 32×32 RGB. The network (`--architecture`: the
+CNN teacher, or MobileNetV3-Small with random initial weights) is trained once on the source;
+then, on the target, with the same epoch budget and 3 training seeds (same splits):
 
-- from scratch: the CNN teacher, 20 epochs;
+- from scratch: the same network, 20 epochs;
 - transferred: `model.architecture: transfer` on the source run's body, 10 epochs with the
   body frozen (the head alone), then `training.fine_tune` 10 epochs with every block
   training at 0.1 × the rate.
@@ -66,6 +67,7 @@ def train(overrides, seed, run_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architecture", default="cnn", choices=["cnn", "mobilenet_v3_small"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--labels", type=int, default=20)
     parser.add_argument("--data-dir", default="bench-data")
@@ -81,15 +83,18 @@ def main():
                    f"data.test_fraction={160 / per_class}"]
     import keras
 
+    network = [f"model.architecture={arguments.architecture}"]
+    if arguments.architecture != "cnn":
+        network.append("model.backbone_weights=none")
     with tempfile.TemporaryDirectory() as scratch:
         runs = Path(scratch)
-        pretrained = train([f"data.source={source}", "model.architecture=cnn",
-                            "training.epochs=30"], 0, runs / "source")
+        pretrained = train([f"data.source={source}", *network, "training.epochs=30"], 0,
+                           runs / "source")
         print(f"source task: test accuracy {pretrained['test']['accuracy']:.3f}",
               file=sys.stderr, flush=True)
         arms = {
-            "from scratch (CNN teacher, 20 epochs)": [
-                *target_data, "model.architecture=cnn", "training.epochs=20"],
+            f"from scratch ({arguments.architecture}, 20 epochs)": [
+                *target_data, *network, "training.epochs=20"],
             "transferred body (10 frozen + 10 fine-tuned)": [
                 *target_data, "model.architecture=transfer", f"model.backbone={runs / 'source'}",
                 "training.epochs=10", "training.fine_tune.epochs=10"],
@@ -102,8 +107,8 @@ def main():
                 accuracies.append(metrics["test"]["accuracy"])
             lines.append((name, accuracies, metrics["samples"]))
             print(name, accuracies, file=sys.stderr, flush=True)
-    print(f"CNN teacher body, {keras.backend.backend()}, {os.cpu_count()} cores; source task "
-          f"test accuracy {pretrained['test']['accuracy']:.3f}; target: "
+    print(f"{arguments.architecture}, {keras.backend.backend()}, {os.cpu_count()} cores; "
+          f"source task test accuracy {pretrained['test']['accuracy']:.3f}; target: "
           f"{arguments.labels} training images per class, {lines[0][2]['test']} test images\n")
     print("| target task | test accuracy (mean ± sd) | per seed |")
     print("|---|---|---|")

@@ -50,8 +50,8 @@ def test_a_flip_is_a_mirror_image_and_leaves_labels_alone(digits):
 
 
 def test_mixup_matches_numpy(digits):
-    """Each output is λ·x_i + (1 − λ)·x_j with the target λ·e_{y_i} + (1 − λ)·e_{y_j}: λ and j
-    are read off the targets (one sample per class), the images are checked with NumPy."""
+    """Each output is λ·x_i + (1 − λ)·x_j with the target λ·e_{y_i} + (1 − λ)·e_{y_j}:
+    λ and j are read off the targets (one sample per class), the images checked with NumPy."""
     augmenter = augmenter_for(digits, mixup=0.4)
     picks = [int(np.flatnonzero(digits.y_train == label)[0]) for label in range(10)]
     x, y = digits.x_train[picks], digits.y_train[picks]

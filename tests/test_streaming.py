@@ -40,7 +40,8 @@ def test_streamed_splits_counts_classes_and_statistics_equal_in_memory(shapes_fo
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(getattr(streamed, f"{split}_indices"),
                                       getattr(memory, f"{split}_indices"))
-        np.testing.assert_array_equal(getattr(streamed, f"y_{split}"), getattr(memory, f"y_{split}"))
+        np.testing.assert_array_equal(getattr(streamed, f"y_{split}"),
+                                      getattr(memory, f"y_{split}"))
         assert getattr(streamed, f"x_{split}").shape == getattr(memory, f"x_{split}").shape
     np.testing.assert_array_equal(streamed.x_val[:], memory.x_val)
     np.testing.assert_array_equal(streamed.x_train[[4, 0]], memory.x_train[[4, 0]])

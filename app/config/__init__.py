@@ -15,9 +15,10 @@ dump_config(config)     # YAML text that reproduces the run exactly
 
 from app.config.loading import config_hash, config_to_dict, dump_config, load_config, with_values
 from app.config.schema import (DISTRIBUTION_STRATEGIES, LR_FINDER_RULES, MONITORS, TUNERS,
-                               AugmentationConfig, Config, DataConfig, DistillationConfig, DistributionConfig,
-                               EarlyStoppingConfig, ModelConfig, OptimizerConfig, OutputConfig,
-                               PlateauConfig, ScheduleConfig, TrainingConfig, TuningConfig)
+                               AugmentationConfig, Config, DataConfig, DistillationConfig,
+                               DistributionConfig, EarlyStoppingConfig, ModelConfig,
+                               OptimizerConfig, OutputConfig, PlateauConfig, ScheduleConfig,
+                               TrainingConfig, TuningConfig)
 
 __all__ = [
     "DISTRIBUTION_STRATEGIES",

@@ -31,7 +31,8 @@ DISTRIBUTIONS = ("choice", "uniform", "log_uniform", "int")
 # Keys that change what the loss measures: trials that differ in them have incomparable losses.
 LOSS_DEFINING_KEYS = ("training.label_smoothing", "model.l1", "model.l2")
 # The data split, the seed and the output are what trials are compared on, so they stay fixed.
-SEARCHABLE_SECTIONS = ("augmentation", "model", "optimizer", "schedule", "training", "early_stopping")
+SEARCHABLE_SECTIONS = (
+    "augmentation", "model", "optimizer", "schedule", "training", "early_stopping")
 
 
 @dataclasses.dataclass(frozen=True)
