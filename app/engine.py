@@ -217,7 +217,11 @@ def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kep
 
 def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arguments):
     """`model.fit` on the training split, validated on the validation split, with the
-    callbacks that `config` turns on.
+    callbacks that `config` turns on (and `augmentation` on the training batches).
+
+    With `training.fine_tune.epochs`, a second `fit` follows the first: the top blocks of the
+    body unfrozen, a fresh optimizer at `lr_factor` × the rate, epochs numbered on and the
+    same callbacks (the checkpoint keeps its best; early stopping watches each phase).
 
     Args:
         model: a model from `build_compiled_model`.
@@ -260,9 +264,11 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
                  "verbose": config.training.verbose if verbose is None else verbose}
     result = model.fit(**inputs, **arguments, **fit_arguments)
     fine_tune = config.training.fine_tune
-    phase_two = (fine_tune.enabled and fine_tune.epochs > 0 and "initial_epoch" not in fit_arguments
-                 and not (guard is not None and guard.triggered))
-    if phase_two and not (stopper is not None and stopper.interrupted):
+    interrupted = stopper is not None and stopper.interrupted
+    diverged = guard is not None and guard.triggered
+    # Hyperband resumes trials with `initial_epoch`: its trials train phase one only.
+    phase_two = fine_tune.enabled and fine_tune.epochs > 0 and "initial_epoch" not in fit_arguments
+    if phase_two and not (interrupted or diverged):
         _unfreeze_and_recompile(model, config, dataset)
         done = len(result.history["loss"])
         second = model.fit(**inputs, **arguments, initial_epoch=done,

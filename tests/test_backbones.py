@@ -163,3 +163,8 @@ def test_fit_transfers_the_body_of_a_run_and_fine_tunes_it(run_cli, runs_dir):
     source_model = keras.saving.load_model(source / "best.keras")
     assert model.get_layer("backbone").count_params() == source_model.count_params() - \
         source_model.get_layer("logits").count_params()
+
+
+def test_a_body_that_cannot_take_the_data_is_one_line():
+    with pytest.raises(UserError, match="takes 1 or 3 channels; got 2; use data it can take"):
+        classifier("mobilenet_v3_small", input_shape=(32, 32, 2))

@@ -173,8 +173,9 @@ def build_model(model_config, input_shape, num_classes, mean=None, variance=None
             f"model.backbone_weights: cannot load {error} (no network?); let Keras download "
             "them once on a connected machine (they are kept in ~/.keras/models/, copy that "
             "folder over), or set model.backbone_weights to a weights file or none") from None
-    except ValueError as error:
-        if model_config.architecture != "transfer":
+    except ValueError as error:  # a body that cannot take the data's samples
+        if not row.has_backbone:
             raise
-        raise UserError(f"model.backbone {model_config.backbone}: {error}; use a model that "
-                        "takes this data") from None
+        source = (f"model.backbone {model_config.backbone}" if model_config.backbone
+                  else f"model.architecture {model_config.architecture}")
+        raise UserError(f"{source}: {error}; use data it can take") from None
