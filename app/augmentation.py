@@ -23,6 +23,10 @@ from app.errors import UserError
 RANDAUGMENT_OPERATIONS = 2
 FLIP_MODES = {"horizontal": "horizontal", "vertical": "vertical",
               "both": "horizontal_and_vertical"}
+# Keras's PyTorch backend draws Beta samples (MixUp's and CutMix's weights) from torch's
+# global generator, seeding it and restoring it around the draw: two threads mixing at once
+# would interleave there, so mixing takes turns.
+_MIXING = threading.Lock()
 
 
 class Augmenter:
@@ -79,8 +83,9 @@ class Augmenter:
         if mixers:
             mixer = mixers[np.random.default_rng(batch_seed).integers(len(mixers))]
             _reseed(mixer, batch_seed, len(layers) + 1)
-            mixed = mixer({"images": images, "labels": ops.one_hot(labels, self.num_classes)},
-                          training=True)
+            with _MIXING:
+                mixed = mixer({"images": images,
+                               "labels": ops.one_hot(labels, self.num_classes)}, training=True)
             images, labels = mixed["images"], mixed["labels"]
         return (np.asarray(ops.convert_to_numpy(images), dtype=np.float32),
                 np.asarray(ops.convert_to_numpy(labels)))
