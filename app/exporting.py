@@ -54,6 +54,8 @@ class ExportOptions:
         precision: `"fp16"` (default; what the Neural Engine runs) or `"fp32"`.
         batch_sizes: the batch sizes the package accepts (more than one: enumerated shapes).
         compression: `None`, `"int8"`, `"palettize6"` or `"palettize4"`.
+        image_input: the package takes an image (`ct.ImageType`, batch 1) rather than a
+            float32 tensor; its 0–255 pixels are scaled to the data's range.
         strict: fail when the Neural Engine report has errors.
         output_dir: where the package goes (default: beside the model).
         name: the package's name (default: the run's name, with the precision and
@@ -64,6 +66,7 @@ class ExportOptions:
     precision: str = "fp16"
     batch_sizes: tuple = (1,)
     compression: str | None = None
+    image_input: bool = False
     strict: bool = False
     output_dir: str | None = None
     name: str | None = None
@@ -83,6 +86,9 @@ class ExportSource:
     check_inputs: np.ndarray
     check_description: str
     training: dict  # metadata of the training run (empty for a bare .keras file)
+    # The largest value of the model's inputs, which a 255 pixel maps to (`--input image`);
+    # `None` when the data are not pixel intensities.
+    pixel_maximum: float | None = 255.0
 
 
 def run_export(source, options):
@@ -111,18 +117,22 @@ def run_export(source, options):
     from export import convert, set_metadata
 
     import callbacks  # noqa: F401  (registers the project's objects for loading)
+    from app.model_files import load_model_file
 
     found = _find_source(Path(source))
     name = options.name or _default_name(found.name, options)
     output_dir = Path(options.output_dir) if options.output_dir else found.model_path.parent
     package = output_dir / f"{name}.mlpackage"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output {output_dir} is a file; pass a folder (it is created if "
+                        "missing)")
     if package.exists():
         raise UserError(f"{package} already exists; remove it or pass --name/--output")
-    model = keras.saving.load_model(found.model_path, compile=False)
-    _check_classifier(model, found)
+    model = load_model_file(found.model_path, compile=False)
+    _check_classifier(model, found, options)
 
     mlmodel = convert(model, found.class_labels, precision=options.precision,
-                      batch_sizes=options.batch_sizes)
+                      batch_sizes=options.batch_sizes, image_scale=_image_scale(found, options))
     set_metadata(mlmodel, **_metadata(found, model, options))
     output_dir.mkdir(parents=True, exist_ok=True)
     with Staging(output_dir, merge=True) as staging:
@@ -156,10 +166,14 @@ def _save_and_check(mlmodel, model, found, options, path):
     except Exception as error:  # the protobuf and blob readers raise many kinds
         raise ExportCheckFailed(f"the saved package cannot be read back "
                                 f"({type(error).__name__}: {error})", None) from None
+    check_inputs, package_inputs = found.check_inputs, None
+    if options.image_input:
+        check_inputs, package_inputs = as_images(check_inputs, _image_scale(found, options))
     try:
-        verification = verify_package(interpreter, model, found.check_inputs,
+        verification = verify_package(interpreter, model, check_inputs,
                                       options.precision, options.compression,
-                                      outputs_probabilities=outputs_probabilities(model))
+                                      outputs_probabilities=outputs_probabilities(model),
+                                      package_inputs=package_inputs)
     except UnsupportedOperation as error:
         raise UserError(f"the package holds an operation the NumPy verifier cannot run "
                         f"({error}); it was not written") from None
@@ -170,6 +184,7 @@ def _save_and_check(mlmodel, model, found, options, path):
         "precision": options.precision,
         "compression": options.compression,
         "batch_sizes": list(options.batch_sizes),
+        "input": "image" if options.image_input else "tensor",
         "coremltools": coremltools.__version__,
         "verification": verification,
         "neural_engine": readiness_report(interpreter),
@@ -178,6 +193,30 @@ def _save_and_check(mlmodel, model, found, options, path):
     write_json(result["verification"], path.with_name(f"{name}.verification.json"))
     write_json(result["neural_engine"], path.with_name(f"{name}.ane.json"))
     return result
+
+
+def _image_scale(found, options):
+    if not options.image_input:
+        return None
+    if found.pixel_maximum is None:
+        raise UserError(f"--input image needs a model trained on images; {found.name}'s "
+                        f"data are not pixel intensities (drop --input image)")
+    return found.pixel_maximum / 255.0
+
+
+def as_images(x, scale):
+    """The images a package with an image input sees for the model inputs `x`, and the
+    model inputs those images give.
+
+    Pixels are whole numbers from 0 to 255, so `x` is rounded to them first; the Keras
+    model then gets exactly what Core ML computes from the image (`pixels · scale`).
+
+    Returns:
+        `(model_inputs, images)`: `(samples, height, width, channels)` float32 model inputs
+        and `(samples, channels, height, width)` pixels, as the program takes them.
+    """
+    pixels = np.clip(np.rint(np.asarray(x, dtype=np.float64) / scale), 0, 255)
+    return (pixels * scale).astype(np.float32), pixels.transpose(0, 3, 1, 2).astype(np.float32)
 
 
 def _import_coremltools():
@@ -221,6 +260,7 @@ def _run_source(run_dir):
         training.update(teacher_run=distillation["teacher_run"],
                         temperature=distillation["temperature"], alpha=distillation["alpha"])
     return ExportSource(
+        pixel_maximum=_pixel_maximum(config, dataset),
         model_path=run_dir / BEST_MODEL_FILE,
         name=run_dir.resolve().name,
         class_labels=read_classes(run_dir),
@@ -231,12 +271,22 @@ def _run_source(run_dir):
     )
 
 
+def _pixel_maximum(config, dataset):
+    """What a 255 pixel is in the run's data: 255 for image folders; for arrays of images
+    (digits: 0–16), the training split's largest value; `None` for other data."""
+    if Path(config.data.source).is_dir():
+        return 255.0
+    low, high = dataset.value_range
+    return float(high) if len(dataset.input_shape) == 3 and low >= 0 and high > 0 else None
+
+
 def _default_name(base, options):
-    suffixes = [options.precision if options.precision != "fp16" else None, options.compression]
+    suffixes = [options.precision if options.precision != "fp16" else None, options.compression,
+                "image" if options.image_input else None]
     return "-".join([base, *(suffix for suffix in suffixes if suffix)])
 
 
-def _check_classifier(model, found):
+def _check_classifier(model, found, options):
     # `outputs`, not `output`: a Sequential model loaded from .keras has never been called,
     # and Keras gives it no `output` then.
     if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
@@ -249,7 +299,10 @@ def _check_classifier(model, found):
     if found.check_inputs is None:
         shape = (check_samples(model.input_shape[1:], RANDOM_CHECK_SAMPLES),
                  *model.input_shape[1:])
-        found.check_inputs = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        random = np.random.default_rng(0)
+        # A bare model's images are taken to be 0–255 pixels.
+        found.check_inputs = (random.integers(0, 256, size=shape) if options.image_input
+                              else random.normal(size=shape)).astype(np.float32)
     if len(found.class_labels) != classes:
         raise UserError(f"the model has {classes} logits but the run names "
                         f"{len(found.class_labels)} classes")

@@ -2,14 +2,16 @@
 findings, verification error and time.
 
 Usage: `python bench/backbones.py [--backbones mobilenet_v3_small,...] [--compressions
-none,int8,palettize6] [--work-dir bench-data/backbones]`. ImageNet weights cannot be
+none,int8,palettize6] [--input tensor|image] [--work-dir bench-data/backbones]`. ImageNet weights cannot be
 downloaded here, so each backbone is built with random weights and its BatchNormalization
 statistics set from a batch of random images (one forward pass in training mode with
 momentum 0): its outputs then depend on its inputs, as a trained model's do, and the gate
 can judge its decisions. Each classifier (10 classes, 224×224 RGB input) is saved as `.keras`
 and exported with `python -m app export` in a fresh process per package, timed from start to
 exit (conversion, compression, saving, reading back, verification on the documented number of
-random inputs, and the Neural Engine report).
+random inputs, and the Neural Engine report). With `--input image` the packages take an image
+(`export --input image`) and are verified on random 0–255 pixels; with `tensor` (the
+default), on standard normal inputs, which is what `export` checks a bare `.keras` file on.
 """
 
 import argparse
@@ -51,10 +53,12 @@ def save_calibrated(architecture, path):
     return {"parameters": int(model.count_params())}
 
 
-def export(model_path, name, compression, environment):
+def export(model_path, name, compression, image_input, environment):
     command = [sys.executable, "-m", "app", "export", str(model_path), "--name", name]
     if compression != "none":
         command += ["--compress", compression]
+    if image_input:
+        command += ["--input", "image"]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=REPO)
     seconds = time.perf_counter() - started
@@ -87,6 +91,7 @@ def main():
     parser.add_argument("--backbones", default="mobilenet_v3_small,mobilenet_v3_large,"
                         "mobilenet_v2,efficientnet_b0,resnet50")
     parser.add_argument("--compressions", default="none,int8,palettize6")
+    parser.add_argument("--input", choices=("tensor", "image"), default="tensor")
     parser.add_argument("--work-dir", default="bench-data/backbones")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -107,16 +112,18 @@ def main():
                                env=environment, cwd=REPO)
         parameters = json.loads(built.stdout.strip().splitlines()[-1])["parameters"]
         for compression in arguments.compressions.split(","):
-            name = f"{architecture}-{compression}"
+            name = f"{architecture}-{compression}-{arguments.input}"
             for stale in folder.glob(f"{name}.*"):
                 subprocess.run(["rm", "-rf", str(stale)], check=True)
             row = {"backbone": architecture, "parameters": parameters,
-                   "compression": compression, **export(model_path, name, compression,
-                                                        environment)}
+                   "compression": compression,
+                   **export(model_path, name, compression, arguments.input == "image",
+                            environment)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"224×224 RGB, 10 classes, fp16 compute, TensorFlow conversion, {os.cpu_count()} "
-          "cores; time: the whole `python -m app export` process\n")
+    print(f"224×224 RGB, 10 classes, fp16 compute, {arguments.input} input, TensorFlow "
+          f"conversion, {os.cpu_count()} cores; time: the whole `python -m app export` "
+          "process\n")
     print("| backbone | parameters | compression | package (MB) | operations | verified on "
           "| max \\|Δ logit\\| | top-1 agreement | gate | export time (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -41,7 +41,7 @@ CONSTANT_SPREAD = 1e-6
 
 
 def verify_package(interpreter, keras_model, x, precision, compression=None,
-                   outputs_probabilities=False):
+                   outputs_probabilities=False, package_inputs=None):
     """Runs the package's program on `x` and compares it with `keras_model`.
 
     Args:
@@ -52,6 +52,8 @@ def verify_package(interpreter, keras_model, x, precision, compression=None,
         compression: `None`, `"int8"`, `"palettize6"` or `"palettize4"`.
         outputs_probabilities: whether `keras_model` ends in a softmax
             (`export.converter.outputs_probabilities`) rather than outputting logits.
+        package_inputs: what the package takes for the same samples, when that is not `x`
+            (an image input: `(samples, channels, height, width)` pixels).
 
     Returns:
         A JSON-ready dict: `samples`, `max_abs_logit_error`, `max_abs_probability_error`,
@@ -59,7 +61,8 @@ def verify_package(interpreter, keras_model, x, precision, compression=None,
         the `criterion` applied and whether the package `passed` it.
     """
     expected = np.asarray(keras_model.predict(x, verbose=0, batch_size=256), dtype=np.float64)
-    logits, probabilities, labels = run_classifier(interpreter, x)
+    logits, probabilities, labels = run_classifier(
+        interpreter, x if package_inputs is None else package_inputs)
     if outputs_probabilities:
         expected_probabilities = expected
         # log p = logit − logsumexp: compare both sides with each row's mean taken out.

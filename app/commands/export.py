@@ -29,6 +29,10 @@ def add_parser(commands):
                              "enumerated shapes)")
     parser.add_argument("--compress", choices=COMPRESSIONS,
                         help="compress the weights: int8, palettize6 or palettize4")
+    parser.add_argument("--input", choices=("tensor", "image"), default="tensor",
+                        help="what the package takes: a float32 tensor (default) or an image "
+                             "(RGB or grayscale pixels, batch 1, for Vision and "
+                             "CVPixelBuffer)")
     parser.add_argument("--strict", action="store_true",
                         help="fail when the Neural Engine report has errors")
     parser.add_argument("--output", metavar="DIR",
@@ -55,7 +59,8 @@ def handle(arguments):
     start_backend("tensorflow")
     options = ExportOptions(
         precision=arguments.precision, batch_sizes=arguments.batch,
-        compression=arguments.compress, strict=arguments.strict, output_dir=arguments.output,
+        compression=arguments.compress, image_input=arguments.input == "image",
+        strict=arguments.strict, output_dir=arguments.output,
         name=arguments.name, author=arguments.author, license=arguments.license,
         description=arguments.description, version=arguments.model_version)
     try:
@@ -82,7 +87,7 @@ def print_export(result):
         size += (f" ({result['compression']}; uncompressed "
                  f"{result['uncompressed_size_bytes'] / 1024:.1f} KiB)")
     print(f"package           {result['package']}")
-    print(f"size              {size}, {result['precision']}, batch "
+    print(f"size              {size}, {result['precision']}, {result['input']} input, batch "
           f"{','.join(map(str, result['batch_sizes']))}")
     print(f"verification      {'passed' if verification['passed'] else 'FAILED'}: max |Δ logit| "
           f"{verification['max_abs_logit_error']:.3g}, top-1 agreement "
