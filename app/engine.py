@@ -260,7 +260,7 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
 
         augmenter = build_augmenter(config.augmentation, dataset, config.seed)
     inputs = fit_inputs(dataset, config, augmenter)
-    arguments = {"callbacks": [*configured, *callbacks],
+    arguments = {"callbacks": [*inputs.pop("callbacks", []), *configured, *callbacks],
                  "verbose": config.training.verbose if verbose is None else verbose}
     result = model.fit(**inputs, **arguments, **fit_arguments)
     fine_tune = config.training.fine_tune

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from app.arrays import LazyRows
-from app.image_folder import default_workers
+from app.image_folder import worker_threads
 
 # Batches each worker thread may have ready ahead of the model.
 BATCHES_AHEAD_PER_WORKER = 2
@@ -72,13 +72,46 @@ class Batches(keras.utils.PyDataset):
     def on_epoch_end(self):
         # Keras calls this once the epoch's workers have stopped, so no batch of the epoch
         # can see the next order.
-        self.epoch += 1
-        self.order = self._order()
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch):
+        """Shuffles and augments as for `epoch` (like PyTorch's `DistributedSampler`).
+
+        Counting `on_epoch_end` calls is not enough: Keras's first `fit` reads one batch to
+        build the model and then ends that pass as an epoch. `SetEpoch` calls this with
+        Keras's own epoch number, which also numbers a resumed or second-phase `fit` on.
+        """
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.order = self._order()
 
     def _order(self):
         if self.seed is None:
             return np.arange(len(self.labels))
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
+
+
+class SetEpoch(keras.callbacks.Callback):
+    """Gives `Batches` Keras's epoch number at the start of every epoch, before any batch of
+    it is read.
+
+    Args:
+        batches: the training `Batches`.
+
+    Example:
+
+    ```python
+    batches = Batches(x_train, y_train, 64, seed=0, augmenter=augmenter)
+    model.fit(batches, epochs=10, shuffle=False, callbacks=[SetEpoch(batches)])
+    ```
+    """
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
 
 
 def fit_inputs(dataset, config, augmenter=None):
@@ -88,20 +121,23 @@ def fit_inputs(dataset, config, augmenter=None):
         dataset: the `app.data.Dataset`.
         config: the resolved configuration (`training.batch_size`, `seed`, `data.workers`).
         augmenter: an `app.augmentation.Augmenter` for the training batches, or `None`.
+
+    Returns:
+        The arguments; with `Batches` for training, `callbacks` holds its `SetEpoch`.
     """
     batch_size = config.training.batch_size
     if augmenter is None and not dataset.streamed:
         return {"x": dataset.x_train, "y": dataset.y_train, "batch_size": batch_size,
                 "validation_data": (dataset.x_val, dataset.y_val)}
-    workers = config.data.workers or default_workers()
+    workers = worker_threads(config.data)
     training = Batches(dataset.x_train, dataset.y_train, batch_size, seed=config.seed,
                        augmenter=augmenter, workers=workers)
     # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
+    inputs = {"x": training, "shuffle": False, "callbacks": [SetEpoch(training)]}
     if dataset.streamed:
-        return {"x": training, "shuffle": False,
-                "validation_data": Batches(dataset.x_val, dataset.y_val, batch_size,
-                                           workers=workers)}
-    return {"x": training, "shuffle": False, "validation_data": (dataset.x_val, dataset.y_val),
+        return {**inputs, "validation_data": Batches(dataset.x_val, dataset.y_val, batch_size,
+                                                     workers=workers)}
+    return {**inputs, "validation_data": (dataset.x_val, dataset.y_val),
             "validation_batch_size": batch_size}
 
 
@@ -118,4 +154,4 @@ def evaluation_inputs(features, labels, config, batch_size=None):
     if not isinstance(features, LazyRows):
         return {"x": features, "y": labels, "batch_size": batch_size}
     return {"x": Batches(features, labels, batch_size,
-                         workers=config.data.workers or default_workers())}
+                         workers=worker_threads(config.data))}

@@ -123,7 +123,7 @@ def _decode_all(listing, data_config, report, store=None):
         `(kept, summary, sample_shape)`: the positions of the readable images in
         `listing.paths`, their `Summary` and the shape of one image.
     """
-    workers = data_config.workers or default_workers()
+    workers = worker_threads(data_config)
     builder, kept, skipped, first_shape = SummaryBuilder(), [], [], None
 
     def decode(position):
@@ -255,9 +255,10 @@ def _stat(path):
     return status.st_size, status.st_mtime_ns
 
 
-def default_workers():
-    """Decoding threads: the machine's cores, at most 8 (beyond, decoding rarely gains)."""
-    return max(1, min(8, os.cpu_count() or 1))
+def worker_threads(data_config):
+    """Reading threads: `data.workers`, else the machine's cores, at most 8 (beyond,
+    decoding rarely gains)."""
+    return data_config.workers or max(1, min(8, os.cpu_count() or 1))
 
 
 def _image_problem(error):

@@ -59,7 +59,8 @@ def measure(source, cache, warmup, batches, batch_size):
     inputs = fit_inputs(dataset, config)
     inputs.pop("validation_data")
     inputs.pop("validation_batch_size", None)
-    model.fit(**inputs, epochs=1000, callbacks=[meter], verbose=0)
+    callbacks = [*inputs.pop("callbacks", []), meter]
+    model.fit(**inputs, epochs=1000, callbacks=callbacks, verbose=0)
     return {"load_s": load_seconds, "samples_per_s": batches * batch_size / meter.seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "train_samples": len(dataset.y_train)}

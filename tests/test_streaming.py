@@ -127,6 +127,27 @@ def test_batches_shuffle_by_seed_and_epoch_and_cover_every_sample_once():
     np.testing.assert_array_equal(ordered[2][1], [8, 9])
 
 
+def test_each_epoch_reads_its_own_order_though_keras_peeks_at_a_batch_first():
+    """Keras's first `fit` reads a batch to build the model and ends that pass as an epoch;
+    `SetEpoch` keeps epoch 0's shuffle and augmentation for the real epoch 0."""
+    import keras
+
+    from app.feeding import SetEpoch
+
+    class Recorded(Batches):
+        def __getitem__(self, index):
+            reads.append((self.epoch, index))
+            return super().__getitem__(index)
+
+    reads = []
+    x = np.arange(16, dtype=np.float32).reshape(8, 2)
+    batches = Recorded(x, np.arange(8) % 2, batch_size=4, seed=3)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(batches, epochs=2, shuffle=False, callbacks=[SetEpoch(batches)], verbose=0)
+    assert sorted(set(reads)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
 def test_validation_and_test_batches_are_never_augmented(shapes_folder):
     config = load_config(overrides=["augmentation.flip=both", "training.batch_size=8"])
     dataset = load(shapes_folder, "none")
