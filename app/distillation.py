@@ -9,6 +9,10 @@ raw logits, skipping the softmax and the T² factor (a measured loss of 25.10 wh
 5.99); a `keras.losses.KLDivergence()` instance takes the correct path, which
 `tests/test_distillation.py` checks against NumPy.
 
+With `distillation.alpha: 0` the labels are not used at all: the student matches the
+teacher's function on every (augmented, mixed) image, Beyer et al.'s function matching.
+`distillation.feature_layers` adds `callbacks.SimilarityDistillation` between two layers.
+
 ```python
 distiller = build_distiller(teacher, student, config.distillation)
 distiller.fit(x, y, epochs=10)   # trains `student`
@@ -27,12 +31,19 @@ STUDENT_DEFAULTS = {"model.size": "student"}
 def build_distiller(teacher, student, distillation, metrics=None):
     """Wraps a compiled `student` in a compiled `keras.distillation.Distiller`.
 
+    The teacher sees exactly the batch the student sees, augmented and mixed in the data
+    pipeline (`app.augmentation`): the consistent teaching of Beyer et al. (2022).
+
     Args:
         teacher: the trained teacher (outputs logits); it is frozen.
         student: a compiled student (`build_compiled_model`) that outputs logits; the
             distiller trains it with its optimizer, loss and metrics.
-        distillation: an `app.config.DistillationConfig` (temperature and α).
+        distillation: an `app.config.DistillationConfig` (temperature, α and the optional
+            feature layers).
         metrics: the metrics to compile with, else Keras's sparse `accuracy`.
+
+    Raises:
+        UserError: if a feature layer is not in its model.
 
     Example:
 
@@ -43,19 +54,35 @@ def build_distiller(teacher, student, distillation, metrics=None):
     """
     import keras
 
+    # An instance, not the string "kl_divergence": only the instance gets the softmax and the
+    # T² factor (see the module docstring).
+    losses = [keras.distillation.LogitsDistillation(temperature=distillation.temperature,
+                                                    loss=keras.losses.KLDivergence())]
+    weights = [1.0]
+    if distillation.feature_layers:
+        from callbacks import SimilarityDistillation
+
+        check_feature_layers(teacher, student, distillation)
+        losses.append(SimilarityDistillation(*distillation.feature_layers))
+        weights.append(distillation.feature_weight)
     distiller = keras.distillation.Distiller(
-        teacher=teacher,
-        student=student,
-        # An instance, not the string "kl_divergence": only the instance gets the softmax
-        # and the T² factor (see the module docstring).
-        distillation_losses=keras.distillation.LogitsDistillation(
-            temperature=distillation.temperature, loss=keras.losses.KLDivergence()),
-        student_loss_weight=distillation.alpha,
-    )
+        teacher=teacher, student=student, distillation_losses=losses,
+        distillation_loss_weights=weights, student_loss_weight=distillation.alpha)
     if metrics is None:
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     distiller.compile(optimizer=student.optimizer, loss=student.loss, metrics=metrics)
     return distiller
+
+
+def check_feature_layers(teacher, student, distillation):
+    """Raises a one-line `UserError` if `distillation.feature_layers` names a layer that the
+    teacher or the student lacks (the message lists the layers it has)."""
+    for role, model, name in zip(("teacher", "student"), (teacher, student),
+                                 distillation.feature_layers or ()):
+        names = [layer.name for layer in model.layers]
+        if name not in names:
+            raise UserError(f"distillation.feature_layers: the {role} has no layer {name!r}; "
+                            f"its layers are {', '.join(names)}")
 
 
 def with_teacher_data(config, teacher_config):

@@ -20,6 +20,7 @@ from callbacks.nan_guard import NaNGuard
 from callbacks.polynomial_decay import PolynomialDecay
 from callbacks.radam import RAdam
 from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau, ScaledSchedule
+from callbacks.similarity_distillation import SimilarityDistillation, batch_similarity
 from callbacks.soft_target_accuracy import SoftTargetAccuracy, soft_target_accuracy
 from callbacks.step_decay import MultiStepDecay, StepDecay
 
@@ -44,10 +45,12 @@ __all__ = [
     "ReduceLROnPlateau",
     "ScaledSchedule",
     "SequentialSchedule",
+    "SimilarityDistillation",
     "SoftTargetAccuracy",
     "SparseCategoricalCrossentropy",
     "StepDecay",
     "Warmup",
+    "batch_similarity",
     "categorical_crossentropy",
     "soft_target_accuracy",
     "sparse_categorical_crossentropy",

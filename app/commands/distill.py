@@ -77,13 +77,17 @@ def run_distill(config, teacher_dir):
     run_dir = plan_run_directory(config.output, name)
     config = resolve_config(config, name)
 
-    import keras
-
     import callbacks  # noqa: F401  (registers the schedules and losses a teacher may hold)
-
-    teacher = keras.saving.load_model(teacher_dir / BEST_MODEL_FILE)
     from app.feeding import evaluation_inputs
+    from app.model_files import load_model_file
 
+    teacher = load_model_file(teacher_dir / BEST_MODEL_FILE)
+    if config.distillation.feature_layers:  # before any training, not after the scratch run
+        from app.distillation import check_feature_layers
+        from app.tables.architectures import build_model
+
+        student = build_model(config.model, dataset.input_shape, dataset.num_classes)
+        check_feature_layers(teacher, student, config.distillation)
     teacher_loss, teacher_accuracy = teacher.evaluate(
         **evaluation_inputs(dataset.x_test, dataset.y_test, config), verbose=0)
     with Staging(run_dir) as staging:
@@ -93,8 +97,7 @@ def run_distill(config, teacher_dir):
         print("student from scratch (labels only):")
         scratch_history, scratch = train_and_test(config, dataset, scratch_dir / BEST_MODEL_FILE)
         write_reports(scratch_dir, scratch_history, scratch, title=f"{run_dir.name} (scratch)")
-        print(f"distilled student (T={config.distillation.temperature:g}, "
-              f"alpha={config.distillation.alpha:g}):")
+        print(f"distilled student ({_describe(config.distillation)}):")
         history, metrics = train_and_test(config, dataset, staging.folder / BEST_MODEL_FILE,
                                           teacher=teacher)
         metrics["distillation"] = {
@@ -103,6 +106,7 @@ def run_distill(config, teacher_dir):
             "teacher_run": teacher_dir.resolve().name,
             "temperature": config.distillation.temperature,
             "alpha": config.distillation.alpha,
+            "feature_layers": config.distillation.feature_layers,
             "teacher": {"test_accuracy": float(teacher_accuracy),
                         "test_loss": float(teacher_loss),
                         "parameters": int(teacher.count_params())},
@@ -123,6 +127,16 @@ def _check_supported(config):
     if config.training.fine_tune.enabled:
         raise UserError("training.fine_tune does not apply to distill yet (the student trains "
                         "whole); set training.fine_tune.epochs to null")
+
+
+def _describe(distillation):
+    parts = [f"T={distillation.temperature:g}", f"alpha={distillation.alpha:g}"
+             + (", function matching" if distillation.alpha == 0 else "")]
+    if distillation.feature_layers:
+        teacher_layer, student_layer = distillation.feature_layers
+        parts.append(f"features {teacher_layer} → {student_layer} "
+                     f"× {distillation.feature_weight:g}")
+    return ", ".join(parts)
 
 
 def _summary(metrics):

@@ -364,10 +364,20 @@ class DistributionConfig:
 class DistillationConfig:
     """`python -m app distill`: the `model` section is the student (`model.size` defaults to
     `student` there), trained on α·CE(labels) + (1−α)·T²·KL(teacher ‖ student) at
-    temperature T (Hinton et al., 2015)."""
+    temperature T (Hinton et al., 2015). `alpha: 0` ignores the labels: function matching
+    (Beyer et al., 2022), best with MixUp in `augmentation`. `feature_layers: [TEACHER_LAYER,
+    STUDENT_LAYER]` adds similarity-preserving feature distillation (Tung & Mori, 2019)
+    between two layers of any shapes, weighted by `feature_weight` beside the KL term."""
 
     temperature: float = option(4.0, low=0.0, low_open=True)
     alpha: float = option(0.1, low=0.0, high=1.0)
+    feature_layers: Optional[list[str]] = option(None)
+    feature_weight: float = option(3000.0, low=0.0)
+
+    def check(self, prefix):
+        if self.feature_layers is not None and len(self.feature_layers) != 2:
+            raise UserError(f"{prefix}feature_layers must be [teacher_layer, student_layer]; "
+                            f"got {self.feature_layers}")
 
 
 @dataclasses.dataclass
