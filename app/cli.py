@@ -2,16 +2,22 @@
 
 Each command lives in its own module under `app/commands/`; its handler returns the exit code
 (1 when `doctor` finds a problem or an exported package fails its checks). User errors are
-printed as one line on stderr with exit code 2 and no traceback; Ctrl-C exits 130.
+printed as one line on stderr with exit code 2 and no traceback; Ctrl-C exits 130; a full disk
+is one line and exit code 1.
 """
 
 import argparse
+import errno
+import os
 import sys
 
 from app import __version__
 from app.commands import COMMANDS
 from app.commands.arguments import BACKEND_HELP
 from app.errors import UserError
+
+# The machine's storage is full or over quota: not a bug, and not the user's input either.
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +51,14 @@ def main(argv=None):
         what = interrupt.args[0] if interrupt.args else "no run directory was written"
         print(f"interrupted; {what}", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in STORAGE_ERRORS:
+            raise
+        # Staging folders are removed on the way out, so nothing half-written stays.
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"error: {os.strerror(error.errno).lower()}{where}; free some space (or set "
+              "output.dir to another disk) and run again", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

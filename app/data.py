@@ -327,8 +327,14 @@ def _load_npz(path, data_config):
 
 def _load_csv(path, data_config):
     column = data_config.label_column
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+    # utf-8-sig: spreadsheet programs start UTF-8 CSVs with a byte-order mark, which would
+    # otherwise become part of the first column's name.
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded); "
+                        "save it as UTF-8 CSV") from None
     rows = [row for row in rows if row]
     if not rows:
         raise UserError(f"{path} is empty; a CSV needs a header row and data rows")
@@ -344,7 +350,11 @@ def _load_csv(path, data_config):
         if len(row) != len(header):
             raise UserError(f"{path} line {line_number} has {len(row)} fields; "
                             f"the header has {len(header)}")
-        labels.append(row[label_position].strip())
+        label = row[label_position].strip()
+        if not label:
+            raise UserError(f"{path} line {line_number} has no label (column {column!r} is "
+                            "blank); fill it in or remove the row")
+        labels.append(label)
         values = row[:label_position] + row[label_position + 1:]
         try:
             features.append([float(value) for value in values])

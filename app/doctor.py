@@ -103,7 +103,13 @@ def _overfit(model, dataset):
     model.fit(x, y, batch_size=size, epochs=OVERFIT_STEPS, verbose=0, shuffle=False)
     last, accuracy = model.evaluate(x, y, verbose=0)
     ok = accuracy == 1.0
-    hint = "" if ok else ": raise schedule.lr, lower model.dropout, or check the labels"
+    if ok:
+        hint = ""
+    elif not math.isfinite(last) or last > first:
+        # The loss grew or overflowed: the steps overshoot, so a larger rate cannot help.
+        hint = ": the loss grew; lower schedule.lr (or set training.clip_norm)"
+    else:
+        hint = ": raise schedule.lr, lower model.dropout, or check the labels"
     return Check(ok, f"overfits one batch of {size}: loss {first:.3f} → {last:.4f}, accuracy "
                      f"{accuracy:.3f} after {OVERFIT_STEPS} steps{hint}")
 

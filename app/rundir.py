@@ -129,11 +129,23 @@ def write_run_start(folder, config, class_names):
 
 
 def read_classes(run_dir):
-    return json.loads((Path(run_dir) / CLASSES_FILE).read_text())
+    return _read_json(Path(run_dir) / CLASSES_FILE)
 
 
 def read_metrics(run_dir):
-    return json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    return _read_json(Path(run_dir) / METRICS_FILE)
+
+
+def _read_json(path):
+    """A run's JSON file; a damaged one (cut short, edited, not UTF-8) is a one-line error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; {path.parent} is not a complete run directory "
+                        "(train it again)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is damaged ({error}); restore it from a copy or train the "
+                        "run again") from None
 
 
 def write_reports(folder, history, metrics, title):
@@ -180,12 +192,14 @@ class Staging:
         self.keep_on_interrupt = keep_on_interrupt
         self.keep_on_error = keep_on_error
         self.committed = False
+        self._created = []  # the missing folders above the staging folder that it made
 
     def __enter__(self):
         if self.folder is not None:
             _make_directory(self.folder)
             return self
         parent = self.final_path if self.merge else self.final_path.parent
+        self._created = [folder for folder in (parent, *parent.parents) if not folder.exists()]
         _make_directory(parent)
         self.folder = Path(tempfile.mkdtemp(prefix=f".{self.final_path.name}.", dir=parent))
         # mkdtemp makes a private (0700) folder; a run directory gets the usual permissions.
@@ -226,6 +240,12 @@ class Staging:
         keep = self.keep_on_error or (interrupted and self.keep_on_interrupt)
         if not self.committed and self.folder is not None and not keep:
             shutil.rmtree(self.folder, ignore_errors=True)
+            # A failed first run leaves no empty `runs/` behind either.
+            for folder in self._created:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something else was written there meanwhile
+                    break
         return False
 
 

@@ -174,8 +174,9 @@ def _plan_search(config, role):
     from app.engine import resolve_config
 
     if not config.search:
-        raise UserError("the config has no search section; add one, e.g. search: "
-                        "{schedule.lr: {log_uniform: [1.0e-4, 1.0e-1]}} (see the README)")
+        config = dataclasses.replace(config, search=default_search(config))
+        print(f"no search section: searching {', '.join(config.search)} "
+              "(the default space; see the README)", file=sys.stderr)
     if config.schedule.lr == "auto":
         raise UserError("schedule.lr: auto runs the LR finder, which tune does not; "
                         "search schedule.lr instead, e.g. {log_uniform: [1.0e-4, 1.0e-1]}")
@@ -195,6 +196,19 @@ def _plan_search(config, role):
         raise UserError(f"an unfinished search is in {partial}; continue it with --resume "
                         f"{partial}, or remove it")
     return config, partial
+
+
+def default_search(config):
+    """The space `tune` searches when the config has no `search` section: the learning rate
+    (log-uniform over three decades around every optimizer's default), the width where the
+    architecture has one, and the dropout before the logits."""
+    from app.tables.architectures import ARCHITECTURES
+
+    search = {"schedule.lr": {"log_uniform": [1.0e-4, 1.0e-1]}}
+    if "width" in ARCHITECTURES.row(config.model.architecture).keys:
+        search["model.width"] = {"choice": [32, 64, 128, 256]}
+    search["model.dropout"] = {"uniform": [0.0, 0.5]}
+    return search
 
 
 def _open_partial(path):

@@ -157,3 +157,17 @@ def test_ctrl_c_inside_staging_is_not_swallowed(tmp_path):
     with pytest.raises(KeyboardInterrupt), Staging(tmp_path / "run"):
         os.kill(os.getpid(), signal.SIGINT)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_staging_removes_the_folders_it_made_and_only_those(tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(RuntimeError), Staging(kept / "runs" / "nested" / "run"):
+        raise RuntimeError("failed")
+    assert kept.is_dir() and list(kept.iterdir()) == []
+    # A folder that holds something else stays.
+    (kept / "runs").mkdir()
+    (kept / "runs" / "other-run").mkdir()
+    with pytest.raises(RuntimeError), Staging(kept / "runs" / "run"):
+        raise RuntimeError("failed")
+    assert [path.name for path in (kept / "runs").iterdir()] == ["other-run"]

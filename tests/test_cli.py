@@ -6,9 +6,37 @@ import pytest
 from tests.helpers import BACKEND, run_subprocess, write_npz
 
 
-def write(path, text):
-    path.write_text(text)
+def write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
     return path
+
+
+def lambda_model(path):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(path)
+    return path
+
+
+def cut_short(path):
+    whole = lambda_model(path.with_name("whole.keras")).read_bytes()
+    path.with_name("whole.keras").unlink()
+    path.write_bytes(whole[:500])
+
+
+def fake_run(folder, metrics="{}", model=b""):
+    """A run directory with every file present, one of them damaged."""
+    from app.config import dump_config, load_config
+
+    folder.mkdir()
+    write(folder / "config.yaml", dump_config(load_config()))
+    write(folder / "metrics.json", metrics)
+    write(folder / "classes.json", "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]")
+    (folder / "best.keras").write_bytes(model)
+
+
+TRANSFER = ["fit", "--set", "model.architecture=transfer", "--set"]
 
 
 # Each case: files to make under tmp_path, then the arguments (with {tmp} for tmp_path).
@@ -48,6 +76,77 @@ BAD_INPUTS = {
     "unknown option": (None, ["fit", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
     "evaluate a non-run": (lambda t: (t / "notarun").mkdir(),
                            ["evaluate", "{tmp}/notarun"], "is not a run directory of `fit`"),
+    "duplicated yaml key": (lambda t: write(t / "c.yaml", "training:\n  epochs: 3\n  epochs: 5\n"),
+                            ["fit", "--config", "{tmp}/c.yaml"],
+                            "gives 'epochs' twice (lines 2 and 3); keep one"),
+    "yaml not utf-8": (lambda t: write(t / "c.yaml", "model:\n  size: caf\xe9\n", "latin-1"),
+                       ["fit", "--config", "{tmp}/c.yaml"], "is not UTF-8 text (byte 18"),
+    "csv not utf-8": (lambda t: write(t / "d.csv", "a,label\n1,caf\xe9\n", "latin-1"),
+                      ["fit", "--set", "data.source={tmp}/d.csv"], "save it as UTF-8 CSV"),
+    "blank csv label": (lambda t: write(t / "d.csv", "a,label\n1,x\n2,\n"),
+                        ["fit", "--set", "data.source={tmp}/d.csv"],
+                        "line 3 has no label (column 'label' is blank)"),
+    "byte-order mark before a wrong label column": (
+        lambda t: write(t / "d.csv", "labels,a\nx,1\n", "utf-8-sig"),
+        ["fit", "--set", "data.source={tmp}/d.csv"], "(columns: labels, a)"),
+    "empty keras file": (lambda t: write(t / "m.keras", ""),
+                         [*TRANSFER, "model.backbone={tmp}/m.keras"],
+                         "m.keras is not a whole .keras file (0 bytes"),
+    "keras file cut short": (lambda t: cut_short(t / "m.keras"),
+                             [*TRANSFER, "model.backbone={tmp}/m.keras"],
+                             "m.keras is not a whole .keras file (500 bytes"),
+    "lambda layer": (lambda t: lambda_model(t / "m.keras"),
+                     [*TRANSFER, "model.backbone={tmp}/m.keras"],
+                     "holds a Lambda layer, whose Python code could run arbitrary code when "
+                     "loaded, so safe mode refuses it"),
+    "damaged metrics.json": (lambda t: fake_run(t / "run", metrics="{"),
+                             ["evaluate", "{tmp}/run"], "run/metrics.json is damaged"),
+    "empty best.keras in a run": (lambda t: fake_run(t / "run"), ["evaluate", "{tmp}/run"],
+                                  "run/best.keras is not a whole .keras file"),
+    "epochs beyond int32 updates": (None, ["fit", "--set", "training.epochs=1000000000",
+                                           "--set", "schedule.name=cosine"],
+                                    "more than the 2,147,483,647 that Keras counts (int32)"),
+    "one feature layer": (None, ["fit", "--set", "distillation.feature_layers=[a]"],
+                          "distillation.feature_layers must be [teacher_layer, student_layer]"),
+    "zero temperature": (None, ["fit", "--set", "distillation.temperature=0"],
+                         "distillation.temperature must be > 0.0"),
+    "augmentation of tabular data": (None, ["fit", "--set", "data.source=wine",
+                                            "--set", "augmentation.flip=both"],
+                                     "augmentation needs images"),
+    "fine-tuning without a backbone": (None, ["fit", "--set", "training.fine_tune.epochs=2"],
+                                       "training.fine_tune needs a pretrained body to freeze"),
+    "missing backbone weights file": (None, ["fit", "--set", "model.architecture=mobilenet_v3_small",
+                                             "--set", "model.backbone_weights={tmp}/none.h5"],
+                                      "is neither imagenet, none nor an existing weights file"),
+    "input size of an mlp": (None, ["fit", "--set", "model.input_size=[32]"],
+                             "model.input_size does not apply to architecture 'mlp'"),
+    "cutmix above one": (None, ["fit", "--set", "augmentation.cutmix=2"],
+                         "augmentation.cutmix must be >= 0.0 and <= 1.0"),
+    "unknown augmentation": (None, ["fit", "--set", "augmentation.sharpen=1"],
+                             "unknown config key 'augmentation.sharpen'"),
+    "negative mixup": (None, ["fit", "--set", "augmentation.mixup=-1"],
+                       "augmentation.mixup must be >= 0.0"),
+    "no training data left": (None, ["fit", "--set", "data.validation_fraction=0.6",
+                                     "--set", "data.test_fraction=0.5"],
+                              "must be < 1 to leave training data"),
+    "unknown cache": (None, ["fit", "--set", "data.cache=ram"], "data.cache must be one of"),
+    "distill from a non-run": (lambda t: (t / "notarun").mkdir(),
+                               ["distill", "--teacher", "{tmp}/notarun"],
+                               "is not a run directory of `fit`"),
+    "too few images per class": (None, ["make-dataset", "shapes", "{tmp}/s", "--per-class", "1"],
+                                 "--per-class: must be an integer >= 3"),
+    "unknown generated task": (None, ["make-dataset", "circles", "{tmp}/s"],
+                               "invalid choice: 'circles'"),
+    "backbone on tabular data": (None, ["fit", "--set", "model.architecture=resnet50",
+                                        "--set", "data.source=wine"],
+                                 "model.architecture resnet50 needs images"),
+    "transfer without a body": (None, ["fit", "--set", "model.architecture=transfer"],
+                                "architecture 'transfer' needs model.backbone"),
+    "negative seed": (None, ["fit", "--set", "seed=-1"], "seed must be >= 0"),
+    "zero batch size": (None, ["fit", "--set", "training.batch_size=0"],
+                        "training.batch_size must be >= 1"),
+    "image size of zero": (None, ["fit", "--set", "data.image_size=[0,3]"],
+                           "data.image_size must be [height, width]"),
 }
 
 
@@ -105,3 +204,19 @@ def test_real_process_exit_codes_and_help(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: training.epochs must be >= 1; got -1"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, run_cli, monkeypatch):
+    import errno
+
+    import app.rundir
+
+    def full(folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "classes.json"))
+
+    monkeypatch.setattr(app.rundir, "write_run_start", full)
+    code, out, err = run_cli("fit", "--set", "training.epochs=1")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: no space left on device writing ") and "classes.json" in err
+    assert "free some space (or set output.dir to another disk)" in err
+    assert list(tmp_path.iterdir()) == []

@@ -276,3 +276,66 @@ def test_a_model_with_constant_outputs_cannot_verify_decisions(run_cli, tmp_path
     assert code == 1
     assert "verification failed: cannot verify decisions: constant outputs" in err
     assert not (tmp_path / "constant.mlpackage").exists()
+
+
+@tensorflow_only
+def test_an_image_input_package_takes_pixels_and_is_verified_through_them(trained_run, tmp_path,
+                                                                          run_cli):
+    import keras
+    import numpy as np
+
+    run_dir = copy_of(trained_run, tmp_path)
+    code, out, err = run_cli("export", str(run_dir), "--input", "image")
+    assert code == 0, err
+    assert "image input, batch 1" in out and "verification      passed" in out
+    package = run_dir / "student-image.mlpackage"
+    spec = ct.utils.load_spec(str(package))
+    image = spec.description.input[0]
+    assert image.name == "image" and (image.type.imageType.height,
+                                      image.type.imageType.width) == (8, 8)
+    assert image.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE
+    verification = json.loads((run_dir / "student-image.verification.json").read_text())
+    assert verification["passed"] and verification["top1_agreement"] >= 0.98
+
+    # Digits run from 0 to 16: a white pixel (255) must reach the model as 16.
+    pixels = np.random.default_rng(1).integers(0, 256, size=(1, 1, 8, 8)).astype(np.float32)
+    probabilities = ProgramInterpreter.from_package(package).run(image=pixels)["classLabel_probs"]
+    model = keras.saving.load_model(run_dir / "best.keras")
+    expected = keras.ops.softmax(model.predict(pixels.transpose(0, 2, 3, 1) * 16 / 255,
+                                               verbose=0))
+    np.testing.assert_allclose(np.asarray(probabilities).reshape(-1),
+                               np.asarray(expected)[0], atol=2e-2)
+
+
+@tensorflow_only
+def test_an_image_input_needs_batch_one_and_an_image_model(trained_run, tmp_path, run_cli):
+    import keras
+
+    run_dir = copy_of(trained_run, tmp_path)
+    code, out, err = run_cli("export", str(run_dir), "--input", "image", "--batch", "1,4")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: an image input takes one image at a time; got batch sizes 1,4: export it "
+        "with batch 1")
+    model = keras.Sequential([keras.layers.Dense(3)])
+    model.build((None, 5))
+    model.save(tmp_path / "features.keras")
+    code, out, err = run_cli("export", str(tmp_path / "features.keras"), "--input", "image")
+    assert code == 2 and "an image input needs a model that takes fixed (height, width, 1 or 3 " \
+        "channels) inputs; this one takes (5,)" in err
+    assert not list(tmp_path.glob("*.mlpackage")) and not list(run_dir.glob("*.mlpackage"))
+
+
+@tensorflow_only
+def test_an_output_that_is_a_file_is_refused_before_converting(trained_run, tmp_path, run_cli,
+                                                               monkeypatch):
+    import export
+
+    def never(*args, **kwargs):
+        raise AssertionError("converted before checking --output")
+
+    monkeypatch.setattr(export, "convert", never)  # run_export imports it from the package
+    (tmp_path / "taken").write_text("a file")
+    code, out, err = run_cli("export", str(trained_run), "--output", str(tmp_path / "taken"))
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: --output {tmp_path / 'taken'} is a file; pass a folder (it is created if "
+        "missing)")

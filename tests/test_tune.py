@@ -116,8 +116,24 @@ def test_a_search_where_every_trial_fails_is_one_line_and_leaves_nothing(run_cli
     assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
 
 
+def test_without_a_search_section_tune_searches_the_default_space(tmp_path):
+    from app.config.search_space import parse_search_space
+    from app.tuning import Role, _plan_search, default_search
+
+    config = load_config(overrides=["search={}", f"output.dir={tmp_path}"])
+    assert default_search(config) == {"schedule.lr": {"log_uniform": [1.0e-4, 1.0e-1]},
+                                      "model.width": {"choice": [32, 64, 128, 256]},
+                                      "model.dropout": {"uniform": [0.0, 0.5]}}
+    # A backbone has no width to search.
+    backbone = load_config(overrides=["model.architecture=mobilenet_v3_small"])
+    assert list(default_search(backbone)) == ["schedule.lr", "model.dropout"]
+    planned, _ = _plan_search(config, Role())
+    assert planned.search == default_search(config)
+    assert [d.key for d in parse_search_space(planned.search)] == list(planned.search)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["search={}"], "the config has no search section"),
     (["schedule.lr=auto"], "schedule.lr: auto runs the LR finder, which tune does not"),
 ])
 def test_a_search_that_cannot_start_is_a_one_line_error(run_cli, runs_dir, overrides, message):

@@ -65,11 +65,10 @@ def run_evaluate(run_dir, split="test", data_source=None):
         features, scored = source.features, source.description
         labels, _ = encode_labels(source.labels, scored, class_names=read_classes(run_dir))
 
-    import keras
-
     import callbacks  # noqa: F401  (registers the project's losses and schedules for loading)
+    from app.model_files import load_model_file
 
-    model = keras.saving.load_model(run_dir / BEST_MODEL_FILE)
+    model = load_model_file(run_dir / BEST_MODEL_FILE)
     expected_shape = tuple(model.input_shape[1:])
     if tuple(features.shape[1:]) != expected_shape:
         raise UserError(f"{scored} has samples of shape {tuple(features.shape[1:])} but the "

@@ -88,7 +88,13 @@ def _read_yaml(path):
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {error.start} cannot be "
+                        "decoded); save it as UTF-8") from None
+    try:
+        _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -99,6 +105,23 @@ def _read_yaml(path):
     if not isinstance(tree, dict):
         raise UserError(f"config file {path} must be a mapping of sections (data:, model:, ...)")
     return tree
+
+
+def _check_unique_keys(node, path):
+    """A key given twice in one mapping is an error: YAML loaders silently keep the last."""
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise UserError(f"config file {path} gives {key.value!r} twice (lines "
+                                    f"{seen[key.value] + 1} and {key.start_mark.line + 1}); "
+                                    "keep one")
+                seen[key.value] = key.start_mark.line
+            _check_unique_keys(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_unique_keys(item, path)
 
 
 def _merge(tree, update):

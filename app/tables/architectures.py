@@ -109,12 +109,11 @@ def _transfer():
 
 def load_source_model(path):
     """The model of a `.keras` file, or of a run directory's `best.keras`."""
-    import keras
-
     import callbacks  # noqa: F401  (registers the losses and schedules a run's model may hold)
+    from app.model_files import load_model_file
 
     path = Path(path)
-    return keras.saving.load_model(path / "best.keras" if path.is_dir() else path)
+    return load_model_file(path / "best.keras" if path.is_dir() else path)
 
 
 _APPLICATION_KEYS = {"backbone_weights": "imagenet",

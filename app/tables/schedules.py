@@ -14,7 +14,11 @@ schedule = build_schedule(ScheduleConfig(name="one_cycle", lr=0.01), steps_per_e
 
 import dataclasses
 
+from app.errors import UserError
 from app.tables import REQUIRED, Derived, Row, Table
+
+# Keras's optimizers count their updates in int32.
+MAX_STEPS = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +152,12 @@ def build_schedule(schedule_config, steps_per_epoch, epochs):
     """
     config = schedule_config
     per_unit = steps_per_epoch if config.unit == "epochs" else 1
-    lengths = Lengths(per_unit=per_unit, total=max(1, steps_per_epoch * epochs),
+    total = steps_per_epoch * epochs
+    if total > MAX_STEPS:
+        raise UserError(f"training.epochs {epochs:,} × {steps_per_epoch:,} updates per epoch is "
+                        f"{total:,} updates, more than the {MAX_STEPS:,} that Keras counts "
+                        "(int32); lower training.epochs")
+    lengths = Lengths(per_unit=per_unit, total=max(1, total),
                       warmup=int(round(config.warmup * per_unit)))
     row = SCHEDULES.row(config.name)
     schedule = row.build(config.lr, row.resolve(config), lengths)
