@@ -24,6 +24,7 @@ with Staging(run_dir) as staging:
 """
 
 import datetime
+import itertools
 import json
 import os
 import shutil
@@ -160,9 +161,11 @@ def write_reports(folder, history, metrics, title):
 class Staging:
     """A context manager for work whose files appear all at once or not at all.
 
-    Inside the `with` block files go to `folder`: by default a hidden, fresh folder beside
-    `final_path`, or a named one (a search's `.partial` folder, which outlives an interrupted
-    process so that it can be resumed). `commit()` renames the folder to `final_path` in one
+    Inside the `with` block files go to `folder`: by default the hidden folder
+    `.<final name>.partial` beside `final_path`, made with an exclusive `mkdir` when the work
+    starts, which claims the final name then (two runs started in the same second never
+    both train for one name); or a named one (a search's `.partial` folder, which outlives
+    an interrupted process so that it can be resumed). `commit()` renames the folder to `final_path` in one
     step; with `merge`, `final_path` is an existing folder (an export's output folder), the
     hidden folder is made inside it, and `commit()` moves each entry into it. Leaving the
     block without a commit deletes the folder, except on Ctrl-C when `keep_on_interrupt`, or
@@ -174,6 +177,8 @@ class Staging:
         merge: move the entries into the existing folder `final_path` instead.
         keep_on_interrupt: keep the folder when the block ends with `KeyboardInterrupt`.
         keep_on_error: keep the folder whatever ends the block (a resumed search's state).
+        renumber: when the name is taken (a finished run, or another run's claim), claim
+            `<name>-2`, `<name>-3`, ... instead of failing; `final_path` then says which.
 
     Example:
 
@@ -185,8 +190,9 @@ class Staging:
     """
 
     def __init__(self, final_path, folder=None, merge=False, keep_on_interrupt=False,
-                 keep_on_error=False):
+                 keep_on_error=False, renumber=False):
         self.final_path = Path(final_path)
+        self.renumber = renumber
         self.folder = None if folder is None else Path(folder)
         self.merge = merge
         self.keep_on_interrupt = keep_on_interrupt
@@ -201,12 +207,34 @@ class Staging:
         parent = self.final_path if self.merge else self.final_path.parent
         self._created = [folder for folder in (parent, *parent.parents) if not folder.exists()]
         _make_directory(parent)
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{self.final_path.name}.", dir=parent))
-        # mkdtemp makes a private (0700) folder; a run directory gets the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        self.folder.chmod(0o777 & ~umask)
+        if self.merge:
+            self.folder = Path(tempfile.mkdtemp(prefix=f".{self.final_path.name}.", dir=parent))
+            # mkdtemp makes a private (0700) folder; the package gets the usual permissions.
+            umask = os.umask(0)
+            os.umask(umask)
+            self.folder.chmod(0o777 & ~umask)
+        else:
+            self.folder = self._claim()
         return self
+
+    def _claim(self):
+        """Makes `.<name>.partial` for the first free name, from `final_path` on."""
+        base = self.final_path
+        for number in itertools.count(1):
+            candidate = base if number == 1 else base.with_name(f"{base.name}-{number}")
+            folder = candidate.with_name(f".{candidate.name}{PARTIAL_SUFFIX}")
+            if not candidate.exists():
+                try:
+                    folder.mkdir()
+                except FileExistsError:
+                    pass
+                else:
+                    self.final_path = candidate
+                    return folder
+            if not self.renumber:
+                raise UserError(f"run directory {candidate} is taken (by a finished run, or by "
+                                f"one still writing {folder.name}); choose another name, or "
+                                "remove it if no run is writing it")
 
     def commit(self):
         """Moves the staged work into place; returns `final_path`.

@@ -171,3 +171,25 @@ def test_a_failed_staging_removes_the_folders_it_made_and_only_those(tmp_path):
     with pytest.raises(RuntimeError), Staging(kept / "runs" / "run"):
         raise RuntimeError("failed")
     assert [path.name for path in (kept / "runs").iterdir()] == ["other-run"]
+
+
+def test_runs_started_together_claim_distinct_names_at_the_start(tmp_path):
+    """The final name is claimed when the work starts (an exclusive mkdir of the staging
+    folder), so four runs planned for the same name all finish, each under its own."""
+    import contextlib
+
+    planned = tmp_path / "runs" / "mlp-20261201-101500"
+    with contextlib.ExitStack() as stack:
+        stagings = [stack.enter_context(Staging(planned, renumber=True)) for _ in range(4)]
+        assert len({staging.folder for staging in stagings}) == 4
+        finals = [staging.commit() for staging in stagings]
+    assert [path.name for path in finals] == [
+        "mlp-20261201-101500", "mlp-20261201-101500-2", "mlp-20261201-101500-3",
+        "mlp-20261201-101500-4"]
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == sorted(
+        path.name for path in finals)
+    # Without renumbering (output.timestamp: false), a name being written is refused at once.
+    with Staging(tmp_path / "runs" / "fixed"):
+        with pytest.raises(UserError, match=r"runs/fixed is taken \(by a finished run, or by "
+                                            r"one still writing \.fixed\.partial\)"):
+            Staging(tmp_path / "runs" / "fixed").__enter__()

@@ -90,13 +90,14 @@ def run_distill(config, teacher_dir):
         check_feature_layers(teacher, student, config.distillation)
     teacher_loss, teacher_accuracy = teacher.evaluate(
         **evaluation_inputs(dataset.x_test, dataset.y_test, config), verbose=0)
-    with Staging(run_dir) as staging:
+    with Staging(run_dir, renumber=config.output.timestamp) as staging:
         write_run_start(staging.folder, config, dataset.class_names)
         scratch_dir = staging.folder / SCRATCH_DIR
         scratch_dir.mkdir()
         print("student from scratch (labels only):")
         scratch_history, scratch = train_and_test(config, dataset, scratch_dir / BEST_MODEL_FILE)
-        write_reports(scratch_dir, scratch_history, scratch, title=f"{run_dir.name} (scratch)")
+        write_reports(scratch_dir, scratch_history, scratch,
+                      title=f"{staging.final_path.name} (scratch)")
         print(f"distilled student ({_describe(config.distillation)}):")
         history, metrics = train_and_test(config, dataset, staging.folder / BEST_MODEL_FILE,
                                           teacher=teacher)
@@ -113,7 +114,7 @@ def run_distill(config, teacher_dir):
             "scratch": _summary(scratch),
             "distilled": _summary(metrics),
         }
-        write_reports(staging.folder, history, metrics, title=run_dir.name)
+        write_reports(staging.folder, history, metrics, title=staging.final_path.name)
         path = staging.commit()
     return path, metrics
 

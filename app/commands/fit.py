@@ -58,7 +58,7 @@ def run_fit(config):
     run_dir = plan_run_directory(config.output, name)
     config = resolve_config(config, name)
 
-    with Staging(run_dir) as staging:
+    with Staging(run_dir, renumber=config.output.timestamp) as staging:
         lr_finder = None
         if config.schedule.lr == "auto":
             lr_finder = _find_learning_rate(config, dataset, staging.folder)
@@ -68,7 +68,7 @@ def run_fit(config):
         history, metrics = train_and_test(config, dataset, staging.folder / BEST_MODEL_FILE)
         if lr_finder is not None:
             metrics["lr_finder"] = lr_finder
-        write_reports(staging.folder, history, metrics, title=run_dir.name)
+        write_reports(staging.folder, history, metrics, title=staging.final_path.name)
         path = staging.commit()
     return path, metrics
 

@@ -68,7 +68,7 @@ def run_lr_find(config, min_lr, max_lr, steps, rule):
     name = f"{default_run_name(config)}-lr-find"
     config = resolve_config(config, name)
     run_dir = plan_run_directory(config.output, name)
-    with Staging(run_dir) as staging:
+    with Staging(run_dir, renumber=config.output.timestamp) as staging:
         started = time.perf_counter()
         (staging.folder / CONFIG_FILE).write_text(dump_config(config))
         finder = find_learning_rate(config, dataset, min_lr, max_lr, steps, rule)
