@@ -221,9 +221,9 @@ class _StopOnFirstInterrupt:
     def __call__(self, signum, frame):
         signal.signal(signal.SIGINT, self.previous)
         self.callback._previous_sigint_handler = None
+        # Only a flag: `on_train_batch_end` stops training between steps. Changing the
+        # model from a signal handler, mid-step, crashed JAX ("Array has been deleted").
         self.callback.interrupted = True
-        if self.callback.model is not None:
-            self.callback.model.stop_training = True
         print(
             "\nInterrupted: stopping after this batch and restoring the best weights "
             "(Ctrl-C again to stop at once).")
