@@ -339,3 +339,20 @@ def test_an_output_that_is_a_file_is_refused_before_converting(trained_run, tmp_
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"error: --output {tmp_path / 'taken'} is a file; pass a folder (it is created if "
         "missing)")
+
+
+@tensorflow_only
+def test_an_rgb_model_takes_an_rgb_image(run_cli, tmp_path):
+    import keras
+
+    inputs = keras.Input((12, 16, 3), name="input")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)  # the model's own preprocessing
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(scaled))
+    keras.Model(inputs, keras.layers.Dense(3)(features)).save(tmp_path / "rgb.keras")
+    code, out, err = run_cli("export", str(tmp_path / "rgb.keras"), "--input", "image")
+    assert code == 0, err
+    image = ct.utils.load_spec(str(tmp_path / "rgb-image.mlpackage")).description.input[0]
+    assert image.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert (image.type.imageType.height, image.type.imageType.width) == (12, 16)
+    verification = json.loads((tmp_path / "rgb-image.verification.json").read_text())
+    assert verification["passed"] and verification["data"] == "random inputs"
