@@ -2,8 +2,8 @@
 
 Each command lives in its own module under `app/commands/`; its handler returns the exit code
 (1 when `doctor` finds a problem or an exported package fails its checks). User errors are
-printed as one line on stderr with exit code 2 and no traceback; Ctrl-C exits 130; a full disk
-is one line and exit code 1.
+printed as one line on stderr with exit code 2 and no traceback; Ctrl-C exits 130 and SIGTERM,
+which stops training as gracefully, 143; a full disk is one line and exit code 1.
 """
 
 import argparse
@@ -14,7 +14,7 @@ import sys
 from app import __version__
 from app.commands import COMMANDS
 from app.commands.arguments import BACKEND_HELP
-from app.errors import UserError
+from app.errors import Terminated, UserError
 
 # The machine's storage is full or over quota: not a bug, and not the user's input either.
 STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
@@ -46,6 +46,9 @@ def main(argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM); no run directory was written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt as interrupt:
         # A search says where its partial directory is; other commands leave nothing.
         what = interrupt.args[0] if interrupt.args else "no run directory was written"

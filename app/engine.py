@@ -20,7 +20,7 @@ from pathlib import Path
 from app.config import config_hash
 from app.data import BUNDLED_DATASETS, report_warnings
 from app.distribution import start_distribution, stop_distribution
-from app.errors import UserError
+from app.errors import Terminated, UserError
 from app.tables.architectures import ARCHITECTURES
 
 # Training samples that `training.noise_scale` estimates the gradient noise scale on.
@@ -251,7 +251,7 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         guard = NaNGuard(monitor=stopping.monitor, mode=stopping.mode, verbose=0)
         configured.append(guard)
     if stopping.enabled:
-        stopper = EarlyStopping(**_settings(stopping))
+        stopper = EarlyStopping(**_settings(stopping), graceful_signals=("SIGINT", "SIGTERM"))
         configured.append(stopper)
     fit_arguments.setdefault("epochs", config.training.epochs)
     augmenter = None
@@ -276,8 +276,9 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         for key, values in second.history.items():
             result.history.setdefault(key, []).extend(values)
     if stopper is not None and stopper.interrupted:
-        # The first Ctrl-C stopped training gracefully; a run stays complete or absent.
-        raise KeyboardInterrupt
+        # The first Ctrl-C or SIGTERM stopped training gracefully; a run stays complete or
+        # absent.
+        raise Terminated if stopper.interrupt_signal == "SIGTERM" else KeyboardInterrupt
     return result, _nan_report(guard, epochs=len(result.history["loss"]))
 
 

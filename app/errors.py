@@ -1,4 +1,4 @@
-"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+"""The exceptions the CLI turns into one line: `UserError` (exit code 2) and `Terminated`."""
 
 
 class UserError(Exception):
@@ -13,4 +13,12 @@ class UserError(Exception):
     raise UserError("data.label_column 'target' is not a column of data.csv "
                     "(columns: a, b, label); set data.label_column to one of them")
     ```
+    """
+
+
+class Terminated(KeyboardInterrupt):
+    """Training stopped gracefully on SIGTERM (a scheduler, `docker stop`, a preemption).
+
+    A `KeyboardInterrupt`, so that everything that cleans up after Ctrl-C cleans up after it;
+    the CLI exits 143 (128 + SIGTERM), as a process killed by it would.
     """

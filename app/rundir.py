@@ -165,11 +165,11 @@ class Staging:
     `.<final name>.partial` beside `final_path`, made with an exclusive `mkdir` when the work
     starts, which claims the final name then (two runs started in the same second never
     both train for one name); or a named one (a search's `.partial` folder, which outlives
-    an interrupted process so that it can be resumed). `commit()` renames the folder to `final_path` in one
-    step; with `merge`, `final_path` is an existing folder (an export's output folder), the
-    hidden folder is made inside it, and `commit()` moves each entry into it. Leaving the
-    block without a commit deletes the folder, except on Ctrl-C when `keep_on_interrupt`, or
-    always when `keep_on_error`.
+    an interrupted process so that it can be resumed). `commit()` renames the folder to
+    `final_path` in one step; with `merge`, `final_path` is an existing folder (an export's
+    output folder), the hidden folder is made inside it, and `commit()` moves each entry into
+    it. Leaving the block without a commit deletes the folder, except on Ctrl-C when
+    `keep_on_interrupt`, or always when `keep_on_error`.
 
     Args:
         final_path: where the work ends up.

@@ -12,6 +12,8 @@ from callbacks.monitor_mode import resolve_mode
 from callbacks.training_state import restore, snapshot
 
 MIN_DELTA_MODES = ("absolute", "relative")
+# The signals `graceful_signals` may name, and the default handler each replaces.
+GRACEFUL_SIGNALS = {"SIGINT": signal.default_int_handler, "SIGTERM": signal.SIG_DFL}
 
 
 @keras.saving.register_keras_serializable(package="efficient_learning")
@@ -32,7 +34,9 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     - The best weights are restored whenever training ends: by patience, by a threshold, by
       another callback (e.g. `NaNGuard`) or by Ctrl-C. While training runs in the main
       thread, the first Ctrl-C stops at the end of the current batch (`interrupted` becomes
-      `True` and `fit` returns normally); a second one interrupts at once.
+      `True` and `fit` returns normally); a second one interrupts at once. The signal
+      handler only sets that flag. `graceful_signals` can add SIGTERM (what Slurm, Docker,
+      Kubernetes and preemptible VMs send), which then stops the same way.
     - The snapshot is a copy of each variable on its own device, not a copy to host memory
       as Keras makes (see `bench/early_stopping.py`).
 
@@ -51,6 +55,9 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         stopping_threshold: stop once the metric is this good or better.
         divergence_threshold: stop once the metric is worse than this.
         min_delta_mode: `"absolute"` or `"relative"` (to the best value).
+        graceful_signals: names of the signals whose first arrival stops training at the end
+            of the batch (`interrupt_signal` says which came); only signals still at their
+            default handler are caught.
 
     Example:
 
@@ -65,7 +72,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
                  baseline=None, restore_best_weights=True, start_from_epoch=0,
                  check_finite=True, stopping_threshold=None, divergence_threshold=None,
-                 min_delta_mode="absolute"):
+                 min_delta_mode="absolute", graceful_signals=("SIGINT",)):
         super().__init__(monitor=monitor, min_delta=min_delta, patience=patience,
                          verbose=verbose, mode=mode, baseline=baseline,
                          restore_best_weights=restore_best_weights,
@@ -77,14 +84,21 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         self.stopping_threshold = stopping_threshold
         self.divergence_threshold = divergence_threshold
         self.min_delta_mode = min_delta_mode
+        unknown = [name for name in graceful_signals if name not in GRACEFUL_SIGNALS]
+        if unknown:
+            raise ValueError(f"graceful_signals takes {', '.join(GRACEFUL_SIGNALS)}; "
+                             f"got {unknown}")
+        self.graceful_signals = tuple(graceful_signals)
         self.stop_reason = None
         self.interrupted = False
-        self._previous_sigint_handler = None
+        self.interrupt_signal = None
+        self._previous_handlers = {}
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.stop_reason = None
         self.interrupted = False
+        self.interrupt_signal = None
         self._catch_interrupts()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -123,7 +137,8 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     def on_train_end(self, logs=None):
         self._release_interrupts()
         if self.interrupted and self.stop_reason is None:
-            self.stop_reason = "interrupted (Ctrl-C)"
+            self.stop_reason = ("interrupted (Ctrl-C)" if self.interrupt_signal == "SIGINT"
+                                else f"interrupted ({self.interrupt_signal})")
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(
                 f"Epoch {self.stopped_epoch + 1}: early stopping: {self.stop_reason}")
@@ -177,19 +192,21 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     def _catch_interrupts(self):
         if threading.current_thread() is not threading.main_thread():
             return
-        handler = signal.getsignal(signal.SIGINT)
-        while isinstance(handler, _StopOnFirstInterrupt):
-            # Left behind by a fit that ended in an exception (no on_train_end): replace it.
-            handler = handler.previous
-        if handler is not signal.default_int_handler:
-            return  # leave other handlers alone
-        self._previous_sigint_handler = handler
-        signal.signal(signal.SIGINT, _StopOnFirstInterrupt(self, handler))
+        for name in self.graceful_signals:
+            signum = getattr(signal, name)
+            handler = signal.getsignal(signum)
+            while isinstance(handler, _StopOnFirstInterrupt):
+                # Left behind by a fit that ended in an exception (no on_train_end).
+                handler = handler.previous
+            if handler is not GRACEFUL_SIGNALS[name]:
+                continue  # leave other handlers alone
+            self._previous_handlers[signum] = handler
+            signal.signal(signum, _StopOnFirstInterrupt(self, signum, handler))
 
     def _release_interrupts(self):
-        if self._previous_sigint_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint_handler)
-            self._previous_sigint_handler = None
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def __deepcopy__(self, memo):
         # KerasTuner copies callbacks for every trial: copy the settings, not the state.
@@ -204,6 +221,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             "stopping_threshold": self.stopping_threshold,
             "divergence_threshold": self.divergence_threshold,
             "min_delta_mode": self.min_delta_mode,
+            "graceful_signals": list(self.graceful_signals),
         }
 
     @classmethod
@@ -212,21 +230,24 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class _StopOnFirstInterrupt:
-    """A SIGINT handler: the first Ctrl-C stops training gracefully, the next one raises."""
+    """A signal handler: the first signal stops training gracefully; the handler before it
+    (Ctrl-C: `KeyboardInterrupt`; SIGTERM: termination) takes the next one."""
 
-    def __init__(self, callback, previous):
+    def __init__(self, callback, signum, previous):
         self.callback = callback
+        self.signum = signum
         self.previous = previous
 
     def __call__(self, signum, frame):
-        signal.signal(signal.SIGINT, self.previous)
-        self.callback._previous_sigint_handler = None
+        signal.signal(signum, self.previous)
+        self.callback._previous_handlers.pop(signum, None)
         # Only a flag: `on_train_batch_end` stops training between steps. Changing the
         # model from a signal handler, mid-step, crashed JAX ("Array has been deleted").
         self.callback.interrupted = True
-        print(
-            "\nInterrupted: stopping after this batch and restoring the best weights "
-            "(Ctrl-C again to stop at once).")
+        self.callback.interrupt_signal = signal.Signals(signum).name
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        print(f"\nInterrupted ({self.callback.interrupt_signal}): stopping after this batch "
+              f"and restoring the best weights ({again} again to stop at once).")
 
 
 def _scalar(value, name):

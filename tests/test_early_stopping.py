@@ -132,6 +132,31 @@ def test_first_ctrl_c_stops_after_the_batch_and_restores():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_sigterm_stops_gracefully_only_when_asked():
+    class Terminate(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = callbacks.EarlyStopping(patience=10, graceful_signals=("SIGINT", "SIGTERM"))
+    final, _, epochs = train(stopper, [3, 2, 1, 1.5, 1.6], extra=[Terminate()])
+    assert stopper.interrupted and stopper.interrupt_signal == "SIGTERM"
+    assert stopper.stop_reason == "interrupted (SIGTERM)" and epochs == 3
+    assert final == pytest.approx(weight_after(2))  # the best epoch so far, restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # By default SIGTERM is left alone (it still terminates a plain Keras script).
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        stopper = callbacks.EarlyStopping(patience=10)
+        train(stopper, [3, 2, 1, 1.5], extra=[Terminate()])
+        assert seen == [signal.SIGTERM] and not stopper.interrupted
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(ValueError, match="graceful_signals takes SIGINT, SIGTERM"):
+        callbacks.EarlyStopping(graceful_signals=("SIGHUP",))
+
+
 def test_copies_and_config_hold_settings_not_state():
     stopper = callbacks.EarlyStopping(monitor="val_loss", patience=4, min_delta=0.01,
                                       divergence_threshold=0.2, min_delta_mode="relative")

@@ -134,6 +134,23 @@ def test_an_interrupted_run_leaves_no_run_directory(run_cli, runs_dir, monkeypat
     assert not runs_dir.exists()  # not even an empty runs/ of a first, failed run
 
 
+def test_sigterm_stops_gracefully_exits_143_and_leaves_no_run_directory(run_cli, runs_dir,
+                                                                         monkeypatch):
+    class Terminate(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:  # once: a second SIGTERM terminates at once, as it should
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    train_model = app.engine.train_model
+    monkeypatch.setattr(app.engine, "train_model", lambda *args, **kwargs: train_model(
+        *args, extra_callbacks=[Terminate()]))
+    code, out, err = run_cli(*fit_arguments())
+    assert code == 143 and err == "terminated (SIGTERM); no run directory was written\n"
+    assert "Interrupted (SIGTERM): stopping after this batch" in out
+    assert not runs_dir.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_an_exception_in_training_leaves_no_run_directory(run_cli, runs_dir, monkeypatch):
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
