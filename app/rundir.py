@@ -23,6 +23,7 @@ with Staging(run_dir) as staging:
 ```
 """
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -47,6 +48,9 @@ LEADERBOARD_FILE = "leaderboard.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
 TUNER_DIR = "tuner"  # KerasTuner's state: oracle.json, a folder per trial
 PARTIAL_SUFFIX = ".partial"
+# Held (flock) by the process writing a staging folder for as long as it runs, so that
+# `python -m app runs` tells a run in progress from one that was killed.
+LOCK_FILE = ".lock"
 # The LR finder's curve and suggestions (`lr-find`, and `fit` with `schedule.lr: auto`).
 LR_FIND_CSV, LR_FIND_PNG, LR_FIND_JSON = "lr_find.csv", "lr_find.png", "lr_find.json"
 # What makes a folder a finished run that `evaluate`, `export` and `distill` accept.
@@ -199,10 +203,12 @@ class Staging:
         self.keep_on_error = keep_on_error
         self.committed = False
         self._created = []  # the missing folders above the staging folder that it made
+        self._lock = None
 
     def __enter__(self):
         if self.folder is not None:
             _make_directory(self.folder)
+            self._lock = _hold_lock(self.folder)
             return self
         parent = self.final_path if self.merge else self.final_path.parent
         self._created = [folder for folder in (parent, *parent.parents) if not folder.exists()]
@@ -215,6 +221,7 @@ class Staging:
             self.folder.chmod(0o777 & ~umask)
         else:
             self.folder = self._claim()
+            self._lock = _hold_lock(self.folder)
         return self
 
     def _claim(self):
@@ -249,9 +256,17 @@ class Staging:
             raise UserError(f"run directory {self.final_path} appeared while training; "
                             "nothing was written there")
         else:
+            # The lock moves with the folder and is released only once it is in place.
             os.rename(self.folder, self.final_path)
+            self._release_lock(self.final_path)
         self.committed = True
         return self.final_path
+
+    def _release_lock(self, folder):
+        if self._lock is not None:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
 
     def _move_entries(self):
         entries = sorted(self.folder.iterdir())
@@ -266,8 +281,12 @@ class Staging:
     def __exit__(self, exc_type, exc, traceback):
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         keep = self.keep_on_error or (interrupted and self.keep_on_interrupt)
+        if self._lock is not None and (self.committed or keep):
+            self._lock.close()  # a kept folder keeps its lock file, unlocked
+            self._lock = None
         if not self.committed and self.folder is not None and not keep:
             shutil.rmtree(self.folder, ignore_errors=True)
+            self._release_lock(self.folder)
             # A failed first run leaves no empty `runs/` behind either.
             for folder in self._created:
                 try:
@@ -275,6 +294,77 @@ class Staging:
                 except OSError:  # not empty: something else was written there meanwhile
                     break
         return False
+
+
+@dataclasses.dataclass
+class RunEntry:
+    """One folder of an output directory, as `python -m app runs` lists it.
+
+    Attributes:
+        path: the folder.
+        status: `"finished"`, `"running"` (a live process holds its lock) or `"stopped"`.
+        epochs, monitor, best, test_accuracy: from a finished run's `metrics.json`.
+        size_bytes: the size of every file in it.
+    """
+
+    path: Path
+    status: str
+    size_bytes: int
+    epochs: int | None = None
+    monitor: str | None = None
+    best: float | None = None
+    test_accuracy: float | None = None
+
+
+def list_runs(directory):
+    """The finished and partial runs in `directory`, by name; other folders are left out."""
+    entries = []
+    for path in sorted(Path(directory).iterdir()):
+        if not path.is_dir():
+            continue
+        size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+        if path.name.endswith(PARTIAL_SUFFIX):
+            status = "running" if is_being_written(path) else "stopped"
+            entries.append(RunEntry(path, status, size))
+        elif all((path / name).is_file() for name in REQUIRED_FILES):
+            try:
+                metrics = read_metrics(path)
+            except UserError:
+                metrics = {}
+            best = metrics.get("best", {})
+            entries.append(RunEntry(path, "finished", size, epochs=metrics.get("epochs_run"),
+                                    monitor=best.get("monitor"), best=best.get("value"),
+                                    test_accuracy=metrics.get("test", {}).get("accuracy")))
+    return entries
+
+
+def _hold_lock(folder):
+    """An open lock file in `folder`, locked for this process (released when it exits, however
+    it exits)."""
+    import fcntl
+
+    handle = open(folder / LOCK_FILE, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"{folder} is being written by another process; wait for it to "
+                        "finish or stop it first") from None
+    return handle
+
+
+def is_being_written(folder):
+    """Whether a live process holds `folder`'s lock (a run or a search in progress)."""
+    import fcntl
+
+    try:
+        with open(folder / LOCK_FILE) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
 
 
 def _make_directory(path):

@@ -193,3 +193,34 @@ def test_runs_started_together_claim_distinct_names_at_the_start(tmp_path):
         with pytest.raises(UserError, match=r"runs/fixed is taken \(by a finished run, or by "
                                             r"one still writing \.fixed\.partial\)"):
             Staging(tmp_path / "runs" / "fixed").__enter__()
+
+
+def test_runs_lists_finished_and_partial_runs_and_removes_only_stopped_ones(tmp_path, run_cli):
+    import json
+
+    finished = tmp_path / "mlp-teacher-1"
+    finished.mkdir()
+    for name in ("config.yaml", "best.keras", "classes.json"):
+        (finished / name).write_text("x")
+    (finished / "metrics.json").write_text(json.dumps({
+        "epochs_run": 23, "best": {"monitor": "val_loss", "value": 0.0812},
+        "test": {"accuracy": 0.9778}}))
+    killed = tmp_path / ".mlp-teacher-2.partial"  # a run's staging folder, its process gone
+    killed.mkdir()
+    (killed / ".lock").write_text("")
+    (tmp_path / "notes").mkdir()  # not a run: left out
+    with Staging(tmp_path / "mlp-teacher-3") as running:
+        code, out, err = run_cli("runs", str(tmp_path), "--remove-partial")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].split() == ["name", "status", "epochs", "best", "test", "acc", "size"]
+        assert lines[1].split()[:2] == [".mlp-teacher-2.partial", "stopped"]
+        assert lines[2].split()[:2] == [".mlp-teacher-3.partial", "running"]
+        assert lines[3].split()[:6] == ["mlp-teacher-1", "finished", "23", "val_loss",
+                                        "0.0812", "0.9778"]
+        assert lines[4] == "removed 1 stopped partial run(s): .mlp-teacher-2.partial"
+        assert not killed.exists() and running.folder.exists()
+        running.commit()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "mlp-teacher-1", "mlp-teacher-3", "notes"]
+    assert list((tmp_path / "mlp-teacher-3").iterdir()) == []  # the lock file left with it
