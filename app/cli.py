@@ -1,4 +1,4 @@
-"""The command line: `python -m app {fit,tune,lr-find,distill,doctor,evaluate,export,make-dataset,info}`.
+"""The command line: `python -m app {fit,tune,lr-find,distill,doctor,evaluate,export,...}`.
 
 Each command lives in its own module under `app/commands/`; its handler returns the exit code
 (1 when `doctor` finds a problem or an exported package fails its checks). User errors are
