@@ -105,8 +105,10 @@ def _overfit(model, dataset):
     ok = accuracy == 1.0
     if ok:
         hint = ""
-    elif not math.isfinite(last) or last > first:
-        # The loss grew or overflowed: the steps overshoot, so a larger rate cannot help.
+    elif not math.isfinite(last) or last > 2 * first:
+        # The loss overflowed or more than doubled: the steps overshoot, and a larger rate
+        # cannot help. (A slightly larger loss is no sign: with a rate too small to move the
+        # weights, BatchNormalization's moving statistics still change it.)
         hint = ": the loss grew; lower schedule.lr (or set training.clip_norm)"
     else:
         hint = ": raise schedule.lr, lower model.dropout, or check the labels"

@@ -26,6 +26,14 @@ def test_doctor_fails_a_model_that_cannot_learn(run_cli):
     assert "raise schedule.lr" in out
 
 
+@pytest.mark.slow
+def test_doctor_says_lower_the_rate_when_the_loss_explodes(run_cli):
+    code, out, _ = run_cli("doctor", "--set", "model.width=64", "--set", "schedule.lr=1e6")
+    assert code == 1
+    assert out.strip().splitlines()[3].endswith(
+        "the loss grew; lower schedule.lr (or set training.clip_norm)")
+
+
 def test_gradient_check_names_the_variable_without_gradient():
     inputs = keras.Input((3,))
     model = keras.Model(inputs, WithSpareWeight(name="odd")(inputs))
