@@ -201,7 +201,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             if handler is not GRACEFUL_SIGNALS[name]:
                 continue  # leave other handlers alone
             self._previous_handlers[signum] = handler
-            signal.signal(signum, _StopOnFirstInterrupt(self, signum, handler))
+            signal.signal(signum, _StopOnFirstInterrupt(self, handler))
 
     def _release_interrupts(self):
         for signum, handler in self._previous_handlers.items():
@@ -233,9 +233,8 @@ class _StopOnFirstInterrupt:
     """A signal handler: the first signal stops training gracefully; the handler before it
     (Ctrl-C: `KeyboardInterrupt`; SIGTERM: termination) takes the next one."""
 
-    def __init__(self, callback, signum, previous):
+    def __init__(self, callback, previous):
         self.callback = callback
-        self.signum = signum
         self.previous = previous
 
     def __call__(self, signum, frame):
