@@ -146,6 +146,7 @@ def test_function_matching_ignores_the_labels():
         np.testing.assert_allclose(first, second, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_teacher_and_student_see_the_same_augmented_batch(tmp_path):
     """The first epoch's loss (one batch, α = 0) is T²·KL between the teacher and the
     initial student on the augmented, mixed batch that the pipeline gives, not on the raw one."""

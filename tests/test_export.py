@@ -278,6 +278,7 @@ def test_a_model_with_constant_outputs_cannot_verify_decisions(run_cli, tmp_path
     assert not (tmp_path / "constant.mlpackage").exists()
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_an_image_input_package_takes_pixels_and_is_verified_through_them(trained_run, tmp_path,
                                                                           run_cli):
@@ -341,6 +342,7 @@ def test_an_output_that_is_a_file_is_refused_before_converting(trained_run, tmp_
         "missing)")
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_an_rgb_model_takes_an_rgb_image(run_cli, tmp_path):
     import keras

@@ -134,6 +134,7 @@ def test_an_interrupted_run_leaves_no_run_directory(run_cli, runs_dir, monkeypat
     assert not runs_dir.exists()  # not even an empty runs/ of a first, failed run
 
 
+@pytest.mark.slow
 def test_sigterm_stops_gracefully_exits_143_and_leaves_no_run_directory(run_cli, runs_dir,
                                                                          monkeypatch):
     class Terminate(keras.callbacks.Callback):
