@@ -46,14 +46,14 @@ def main(argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("terminated (SIGTERM); no run directory was written", file=sys.stderr)
-        return 143
     except KeyboardInterrupt as interrupt:
-        # A search says where its partial directory is; other commands leave nothing.
+        # `fit` and `tune` say where the run is kept and how to resume it; other commands
+        # leave nothing.
         what = interrupt.args[0] if interrupt.args else "no run directory was written"
-        print(f"interrupted; {what}", file=sys.stderr)
-        return 130
+        terminated = isinstance(interrupt, Terminated)
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; {what}",
+              file=sys.stderr)
+        return 143 if terminated else 130
     except OSError as error:
         if error.errno not in STORAGE_ERRORS:
             raise

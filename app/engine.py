@@ -27,7 +27,8 @@ from app.tables.architectures import ARCHITECTURES
 NOISE_SCALE_SAMPLES = 1024
 
 
-def train_and_test(config, dataset, checkpoint_path, teacher=None):
+def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=None,
+                   resume=False):
     """Trains the configured model on the configured devices, keeps the best epoch's model
     at `checkpoint_path` and evaluates it once on the test split.
 
@@ -36,6 +37,9 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None):
         dataset: the `app.data.Dataset`.
         checkpoint_path: where the best epoch's model is saved (a `.keras` path).
         teacher: a trained model to distil into the configured one (`distill`), or `None`.
+        state_path: where the training state is saved (`app.resuming`), so that an
+            interrupted run can resume; `None` saves none.
+        resume: continue from the state at `state_path` (`fit --resume`).
 
     Returns:
         `(history, metrics)`: the per-epoch logs and what `metrics.json` holds.
@@ -59,8 +63,12 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None):
 
             trained = build_distiller(teacher, model, config.distillation,
                                       metrics=[accuracy_metric(config)])
+        state = None
+        if state_path is not None:
+            state = training_checkpoint(config, dataset, state_path, resume)
         history, checkpoint, nan_report = train_model(trained, config, training_data,
-                                                      checkpoint_path, kept_model=model)
+                                                      checkpoint_path, kept_model=model,
+                                                      state=state)
     finally:
         stop_distribution(devices)
     train_seconds = time.perf_counter() - started
@@ -73,6 +81,24 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None):
         metrics["stopped_by_nan_guard"] = nan_report
     metrics["distribution"] = devices.describe()
     return history, metrics
+
+
+def training_checkpoint(config, dataset, state_path, resume):
+    """An `app.resuming.TrainingCheckpoint` saving to `state_path`; with `resume`, it
+    continues from the state there (refused if the backend, configuration or data differ).
+    """
+    import keras
+
+    from app.resuming import TrainingCheckpoint, check_resumable, load_training_state
+
+    identity = {"backend": keras.backend.backend(), "config_hash": config_hash(config),
+                "data_fingerprint": dataset.fingerprint}
+    resumed = None
+    if resume:
+        resumed = load_training_state(state_path)
+        check_resumable(resumed, identity)
+    return TrainingCheckpoint(state_path, identity=identity, resume_from=resumed,
+                              every_minutes=config.training.checkpoint_minutes)
 
 
 def resolve_config(config, name):
@@ -184,7 +210,8 @@ def check_model_fits_data(model_config, dataset):
         )
 
 
-def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kept_model=None):
+def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kept_model=None,
+                state=None):
     """Trains a compiled model with the configured callbacks; keeps the best epoch's model.
 
     Args:
@@ -195,6 +222,8 @@ def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kep
         extra_callbacks: more callbacks, run after the configured ones (benchmarks use this).
         kept_model: the model that `best.keras` holds when it is not `model` (a
             distiller's student).
+        state: an `app.resuming.TrainingCheckpoint` that saves (and may restore) the
+            training state, or `None`.
 
     Returns:
         `(history, checkpoint, nan_report)`: the per-epoch logs as lists of floats, the
@@ -210,12 +239,14 @@ def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kep
     checkpoint = BestModelCheckpoint(checkpoint_path, monitor=config.early_stopping.monitor,
                                      mode=config.early_stopping.mode, saved_model=kept_model)
     result, nan_report = fit_configured(model, config, dataset,
-                                        callbacks=[checkpoint, *extra_callbacks])
+                                        callbacks=[checkpoint, *extra_callbacks],
+                                        checkpoint=state)
     history = {key: [float(value) for value in values] for key, values in result.history.items()}
     return history, checkpoint, nan_report
 
 
-def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arguments):
+def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoint=None,
+                   **fit_arguments):
     """`model.fit` on the training split, validated on the validation split, with the
     callbacks that `config` turns on (and `augmentation` on the training batches).
 
@@ -230,18 +261,19 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         callbacks: more callbacks, run after the configured ones (a checkpoint,
             KerasTuner's trial callbacks).
         verbose: Keras's verbosity, else `training.verbose`.
+        checkpoint: an `app.resuming.TrainingCheckpoint` that saves the training state (it
+            then takes the stopping signals) and, with `resume_from`, continues a run.
         **fit_arguments: more `model.fit` arguments: `epochs` (else `training.epochs`),
             Hyperband's `initial_epoch`.
 
     Returns:
-        `(history, nan_report)`: Keras's `History` and what the NaN guard found if it
-        stopped training after a good epoch (else `None`).
+        `(history, nan_report)`: Keras's `History`, holding every epoch of the run, and what
+        the NaN guard found if it stopped training after a good epoch (else `None`).
 
     Raises:
         UserError: if the loss became non-finite before any epoch finished.
-        KeyboardInterrupt: after a graceful Ctrl-C.
+        KeyboardInterrupt: after a graceful Ctrl-C (`app.errors.Terminated`: SIGTERM).
     """
-    from app.feeding import fit_inputs
     from callbacks import EarlyStopping, NaNGuard
 
     stopping = config.early_stopping
@@ -251,35 +283,107 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, **fit_arg
         guard = NaNGuard(monitor=stopping.monitor, mode=stopping.mode, verbose=0)
         configured.append(guard)
     if stopping.enabled:
-        stopper = EarlyStopping(**_settings(stopping), graceful_signals=("SIGINT", "SIGTERM"))
+        # A checkpoint takes the signals itself, to save the state before stopping.
+        signals = () if checkpoint is not None else ("SIGINT", "SIGTERM")
+        stopper = EarlyStopping(**_settings(stopping), graceful_signals=signals)
         configured.append(stopper)
-    fit_arguments.setdefault("epochs", config.training.epochs)
-    augmenter = None
-    if config.augmentation.enabled:
-        from app.augmentation import build_augmenter
-
-        augmenter = build_augmenter(config.augmentation, dataset, config.seed)
-    inputs = fit_inputs(dataset, config, augmenter)
-    arguments = {"callbacks": [*inputs.pop("callbacks", []), *configured, *callbacks],
-                 "verbose": config.training.verbose if verbose is None else verbose}
-    result = model.fit(**inputs, **arguments, **fit_arguments)
+    configured.extend(callbacks)
+    if checkpoint is not None:
+        checkpoint.tracked = [callback for callback in configured
+                              if hasattr(callback, "state_dict")]
+        configured.append(checkpoint)
+    loop = _Loop(model, config, dataset, configured,
+                 config.training.verbose if verbose is None else verbose)
+    resumed = checkpoint.resume_from if checkpoint is not None else None
+    epochs = fit_arguments.pop("epochs", config.training.epochs)
     fine_tune = config.training.fine_tune
-    interrupted = stopper is not None and stopper.interrupted
-    diverged = guard is not None and guard.triggered
     # Hyperband resumes trials with `initial_epoch`: its trials train phase one only.
     phase_two = fine_tune.enabled and fine_tune.epochs > 0 and "initial_epoch" not in fit_arguments
-    if phase_two and not (interrupted or diverged):
+    if resumed is None:
+        loop.run(fit_arguments.pop("initial_epoch", 0), epochs, **fit_arguments)
+    elif resumed.phase == 1:
+        loop.resume(resumed, epochs)
+    phase_two_start = resumed.phase_start if resumed is not None and resumed.phase == 2 else None
+    interrupted = stopper is not None and stopper.interrupted
+    if phase_two and phase_two_start is None and not (interrupted or (guard and guard.triggered)):
+        phase_two_start = len(loop.history.history["loss"])
+        if checkpoint is not None:
+            checkpoint.phase, checkpoint.phase_start = 2, phase_two_start
+    if phase_two_start is not None:
         _unfreeze_and_recompile(model, config, dataset)
-        done = len(result.history["loss"])
-        second = model.fit(**inputs, **arguments, initial_epoch=done,
-                           epochs=done + fine_tune.epochs)
-        for key, values in second.history.items():
-            result.history.setdefault(key, []).extend(values)
-    if stopper is not None and stopper.interrupted:
+        end = phase_two_start + fine_tune.epochs
+        if resumed is not None and resumed.phase == 2:
+            loop.resume(resumed, end)
+        else:
+            loop.run(phase_two_start, end)
+    if interrupted:
         # The first Ctrl-C or SIGTERM stopped training gracefully; a run stays complete or
         # absent.
         raise Terminated if stopper.interrupt_signal == "SIGTERM" else KeyboardInterrupt
-    return result, _nan_report(guard, epochs=len(result.history["loss"]))
+    history = loop.history
+    if checkpoint is not None:
+        history.history = checkpoint.history
+    return history, _nan_report(guard, epochs=len(history.history["loss"]))
+
+
+class _Loop:
+    """The `model.fit` calls of a run: all of its epochs in one call, or, resumed within an
+    epoch, the rest of that epoch and then the others, seen by the callbacks as one."""
+
+    def __init__(self, model, config, dataset, callbacks, verbose):
+        self.model, self.config, self.dataset = model, config, dataset
+        self.callbacks, self.verbose = callbacks, verbose
+        self.augmenter = None
+        if config.augmentation.enabled:
+            from app.augmentation import build_augmenter
+
+            self.augmenter = build_augmenter(config.augmentation, dataset, config.seed)
+        self.history = None  # Keras's `History`, of every `fit` so far
+
+    def run(self, initial_epoch, epochs, first_batch=0, callbacks=None, **fit_arguments):
+        from app.feeding import fit_inputs
+
+        if self.history is None:
+            self._build_loss_and_metrics()
+        inputs = fit_inputs(self.dataset, self.config, self.augmenter, initial_epoch, first_batch)
+        data_callbacks = inputs.pop("callbacks")
+        result = self.model.fit(
+            **inputs, callbacks=[*data_callbacks, *(callbacks or self.callbacks)],
+            verbose=self.verbose, initial_epoch=initial_epoch, epochs=epochs, **fit_arguments)
+        if self.history is None:
+            self.history = result
+        else:
+            for key, values in result.history.items():
+                self.history.history.setdefault(key, []).extend(values)
+
+    def _build_loss_and_metrics(self):
+        """Builds the compiled loss and metrics on two training samples.
+
+        Left to `fit`, Keras (3.15, JAX and PyTorch) builds them on a batch it reads ahead of
+        the first epoch; with `Batches`' worker threads, the batches prefetched with it stay
+        queued and open that epoch, so it trains on some batches twice and skips others,
+        and a resumed run would not see the batches the uninterrupted one saw.
+        """
+        import numpy as np
+
+        rows = np.arange(min(2, len(self.dataset.y_train)))
+        features = np.asarray(self.dataset.x_train[rows], dtype=np.float32)
+        self.model.evaluate(features, self.dataset.y_train[rows], verbose=0)
+
+    def resume(self, state, epochs):
+        """Continues from `state` (restored by the checkpoint among the callbacks) up to
+        `epochs`; with `state.stopped`, only ends training (restoring the best weights)."""
+        if state.stopped or not state.batch:
+            self.run(state.epoch, state.epoch if state.stopped else epochs)
+            return
+        from app.resuming import WithoutHook
+
+        self.run(state.epoch, state.epoch + 1, first_batch=state.batch,
+                 callbacks=[WithoutHook(callback, "on_train_end") for callback in self.callbacks])
+        # The callbacks' training continues: no second `on_train_begin`.
+        rest = state.epoch + 1 if self.model.stop_training else epochs
+        self.run(state.epoch + 1, rest, callbacks=[WithoutHook(callback, "on_train_begin")
+                                                   for callback in self.callbacks])
 
 
 def _unfreeze_and_recompile(model, config, dataset):

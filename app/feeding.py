@@ -1,6 +1,8 @@
-"""What `model.fit` and `model.evaluate` are given: the arrays themselves when the data is
-in memory and nothing changes it, else `Batches`, a `keras.utils.PyDataset` whose worker
-threads read (decode), augment and batch while the model trains.
+"""What `model.fit` and `model.evaluate` are given. Training always reads `Batches`, a
+`keras.utils.PyDataset` whose worker threads read (decode), augment and batch while the
+model trains, in an order that depends only on the seed and the epoch (so that a run
+resumed in the middle of an epoch reads the very batches it would have). Evaluation reads
+in-memory arrays directly, and streamed splits through `Batches` in order.
 
 A `PyDataset` runs on every backend and needs no TensorFlow, so the JAX-only install
 streams image folders too. Threads, not processes: PIL decodes and NumPy copies without the
@@ -38,6 +40,9 @@ class Batches(keras.utils.PyDataset):
             the order (validation and test).
         augmenter: an `app.augmentation.Augmenter`, or `None`.
         workers: reading threads.
+        epoch: the epoch whose order to serve first: the `fit`'s `initial_epoch` (Keras may
+            start reading before `SetEpoch` is called).
+        first_batch: serve the batches from this one on (a run resumed within an epoch).
 
     Example:
 
@@ -46,7 +51,8 @@ class Batches(keras.utils.PyDataset):
     ```
     """
 
-    def __init__(self, features, labels, batch_size, seed=None, augmenter=None, workers=1):
+    def __init__(self, features, labels, batch_size, seed=None, augmenter=None, workers=1,
+                 epoch=0, first_batch=0):
         super().__init__(workers=workers, use_multiprocessing=False,
                          max_queue_size=BATCHES_AHEAD_PER_WORKER * workers)
         self.features = features
@@ -54,14 +60,16 @@ class Batches(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.seed = seed
         self.augmenter = augmenter
-        self.epoch = 0
+        self.first_batch = first_batch
+        self.epoch = epoch
         self.order = self._order()
 
     @property
     def num_batches(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(len(self.labels) / self.batch_size) - self.first_batch
 
     def __getitem__(self, index):
+        index += self.first_batch
         positions = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         features = np.asarray(self.features[positions], dtype=np.float32)
         labels = self.labels[positions]
@@ -114,24 +122,24 @@ class SetEpoch(keras.callbacks.Callback):
         self.batches.set_epoch(epoch)
 
 
-def fit_inputs(dataset, config, augmenter=None):
+def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
     """`model.fit`'s data arguments for the training and validation splits of `dataset`.
 
     Args:
         dataset: the `app.data.Dataset`.
         config: the resolved configuration (`training.batch_size`, `seed`, `data.workers`).
         augmenter: an `app.augmentation.Augmenter` for the training batches, or `None`.
+        epoch: the first epoch, `fit`'s `initial_epoch`.
+        first_batch: start that epoch at this batch (a run resumed within an epoch).
 
     Returns:
-        The arguments; with `Batches` for training, `callbacks` holds its `SetEpoch`.
+        The arguments; `callbacks` holds the training `Batches`' `SetEpoch`.
     """
     batch_size = config.training.batch_size
-    if augmenter is None and not dataset.streamed:
-        return {"x": dataset.x_train, "y": dataset.y_train, "batch_size": batch_size,
-                "validation_data": (dataset.x_val, dataset.y_val)}
     workers = worker_threads(config.data)
     training = Batches(dataset.x_train, dataset.y_train, batch_size, seed=config.seed,
-                       augmenter=augmenter, workers=workers)
+                       augmenter=augmenter, workers=workers, epoch=epoch,
+                       first_batch=first_batch)
     # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
     inputs = {"x": training, "shuffle": False, "callbacks": [SetEpoch(training)]}
     if dataset.streamed:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import keras
 import keras_tuner
@@ -32,6 +33,8 @@ from app.errors import UserError
 from app.rundir import TUNER_DIR
 
 TRIAL_SUMMARY = "trial_summary.json"  # written into each trial's folder
+# A trial's training state while it runs, one file per execution: `<prefix><n>.npz`.
+TRIAL_STATE_PREFIX = "training_state-"
 
 
 class TrialLimitReached(Exception):
@@ -65,6 +68,20 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
         self.dataset = dataset
         self.devices = devices
         self.dimensions = parse_search_space(config.search)
+        self.trial_dir = None  # where the trial in progress keeps its training states
+        self._trial_fits = 0
+
+    def start_trial(self, trial_dir):
+        """The trials's `fit`s save their training state in `trial_dir`: an interrupted
+        trial, which KerasTuner runs again when the search resumes, resumes from its last
+        epoch (or batch) instead of from the start (KerasTuner #702)."""
+        self.trial_dir, self._trial_fits = Path(trial_dir), 0
+
+    def end_trial(self):
+        """Removes the finished trial's training states."""
+        for path in self.trial_dir.glob(f"{TRIAL_STATE_PREFIX}*.npz"):
+            path.unlink()
+        self.trial_dir = None
 
     def declare_hyperparameters(self, hp):
         # The space is known without building a model.
@@ -105,12 +122,25 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
 
         fit_arguments.pop("verbose", None)
         config = self.trial_config(hp)
+        dataset = self.training_data(config)
         try:
-            history, _ = fit_configured(model, config, self.training_data(config),
-                                        callbacks=list(callbacks), verbose=0, **fit_arguments)
+            history, _ = fit_configured(model, config, dataset, callbacks=list(callbacks),
+                                        verbose=0, checkpoint=self._checkpoint(config, dataset),
+                                        **fit_arguments)
         except UserError as error:
             raise keras_tuner.errors.FailedTrialError(str(error)) from None
         return history
+
+
+    def _checkpoint(self, config, dataset):
+        """The training checkpoint of this `fit` of the trial (one per execution)."""
+        from app.engine import training_checkpoint
+
+        if self.trial_dir is None:
+            return None
+        self._trial_fits += 1
+        path = self.trial_dir / f"{TRIAL_STATE_PREFIX}{self._trial_fits}.npz"
+        return training_checkpoint(config, dataset, path, resume=path.is_file())
 
 
 def without_test_split(dataset):
@@ -147,7 +177,13 @@ class TrialReporting:
 
     def run_trial(self, trial, *args, **kwargs):
         started = time.perf_counter()
-        histories = super().run_trial(trial, *args, **kwargs)
+        self.hypermodel.start_trial(self.get_trial_dir(trial.trial_id))
+        try:
+            histories = super().run_trial(trial, *args, **kwargs)
+        except Exception:  # a failed trial; an interrupted one keeps its state to resume
+            self.hypermodel.end_trial()
+            raise
+        self.hypermodel.end_trial()
         summary = {
             "epochs": len(histories[-1].history["loss"]),
             "seconds": round(time.perf_counter() - started, 3),

@@ -6,13 +6,15 @@ A run directory (`fit`, `tune`, `distill`; `lr-find` writes a smaller one) holds
 |---|---|
 | `config.yaml`, `classes.json` | `write_run_start`, when training starts |
 | `best.keras` | the best-epoch checkpoint during training |
+| `training_state.npz` | `fit`, during training, for `fit --resume` (`app.resuming`); removed at the end |
 | `history.csv`, `metrics.json`, `curves.png` | `write_reports`, at the end |
 | `lr_find.csv`, `.png`, `.json` | `app.lr_find.write_lr_find`, with `schedule.lr: auto` |
 | `scratch/` | `distill`: the student trained from the labels alone, a run of its own |
 | `leaderboard.csv`, `best_config.yaml`, `tuner/` | `tune` (`app.tuning`), in `<name>.partial/` until done |
 
-Everything is written through a `Staging` folder and moved into place in one step when the
-work succeeds; `fit`, `tune`, `distill` and `export` share that mechanism.
+Everything is written through a `Staging` folder, `<name>.partial/`, and moved into place in
+one step when the work succeeds; `fit`, `tune`, `distill` and `export` share that mechanism.
+An interrupted `fit` or `tune` keeps its `.partial` folder, to resume.
 
 ```python
 run_dir = plan_run_directory(config.output, default_run_name(config))
@@ -48,6 +50,8 @@ LEADERBOARD_FILE = "leaderboard.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
 TUNER_DIR = "tuner"  # KerasTuner's state: oracle.json, a folder per trial
 PARTIAL_SUFFIX = ".partial"
+# `fit`'s training state while it runs (`app.resuming`), which `fit --resume` continues.
+STATE_FILE = "training_state.npz"
 # Held (flock) by the process writing a staging folder for as long as it runs, so that
 # `python -m app runs` tells a run in progress from one that was killed.
 LOCK_FILE = ".lock"
@@ -134,14 +138,14 @@ def write_run_start(folder, config, class_names):
 
 
 def read_classes(run_dir):
-    return _read_json(Path(run_dir) / CLASSES_FILE)
+    return read_json(Path(run_dir) / CLASSES_FILE)
 
 
 def read_metrics(run_dir):
-    return _read_json(Path(run_dir) / METRICS_FILE)
+    return read_json(Path(run_dir) / METRICS_FILE)
 
 
-def _read_json(path):
+def read_json(path):
     """A run's JSON file; a damaged one (cut short, edited, not UTF-8) is a one-line error."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -165,15 +169,14 @@ def write_reports(folder, history, metrics, title):
 class Staging:
     """A context manager for work whose files appear all at once or not at all.
 
-    Inside the `with` block files go to `folder`: by default the hidden folder
-    `.<final name>.partial` beside `final_path`, made with an exclusive `mkdir` when the work
-    starts, which claims the final name then (two runs started in the same second never
-    both train for one name); or a named one (a search's `.partial` folder, which outlives
-    an interrupted process so that it can be resumed). `commit()` renames the folder to
+    Inside the `with` block files go to `folder`: by default `<final name>.partial` beside
+    `final_path`, made with an exclusive `mkdir` when the work starts, which claims the final
+    name then (two runs started in the same second never both train for one name); or a
+    named one (an interrupted run's or search's `.partial` folder, being resumed). `commit()` renames the folder to
     `final_path` in one step; with `merge`, `final_path` is an existing folder (an export's
     output folder), the hidden folder is made inside it, and `commit()` moves each entry into
     it. Leaving the block without a commit deletes the folder, except on Ctrl-C when
-    `keep_on_interrupt`, or always when `keep_on_error`.
+    `keep_on_interrupt`, when `keep_if` says so, or always when `keep_on_error`.
 
     Args:
         final_path: where the work ends up.
@@ -181,6 +184,8 @@ class Staging:
         merge: move the entries into the existing folder `final_path` instead.
         keep_on_interrupt: keep the folder when the block ends with `KeyboardInterrupt`.
         keep_on_error: keep the folder whatever ends the block (a resumed search's state).
+        keep_if: a function of the folder and the type of the exception that ended the
+            block: whether to keep the folder (a run that can be resumed).
         renumber: when the name is taken (a finished run, or another run's claim), claim
             `<name>-2`, `<name>-3`, ... instead of failing; `final_path` then says which.
 
@@ -194,13 +199,14 @@ class Staging:
     """
 
     def __init__(self, final_path, folder=None, merge=False, keep_on_interrupt=False,
-                 keep_on_error=False, renumber=False):
+                 keep_on_error=False, renumber=False, keep_if=None):
         self.final_path = Path(final_path)
         self.renumber = renumber
         self.folder = None if folder is None else Path(folder)
         self.merge = merge
         self.keep_on_interrupt = keep_on_interrupt
         self.keep_on_error = keep_on_error
+        self.keep_if = keep_if
         self.committed = False
         self._created = []  # the missing folders above the staging folder that it made
         self._lock = None
@@ -225,11 +231,11 @@ class Staging:
         return self
 
     def _claim(self):
-        """Makes `.<name>.partial` for the first free name, from `final_path` on."""
+        """Makes `<name>.partial` for the first free name, from `final_path` on."""
         base = self.final_path
         for number in itertools.count(1):
             candidate = base if number == 1 else base.with_name(f"{base.name}-{number}")
-            folder = candidate.with_name(f".{candidate.name}{PARTIAL_SUFFIX}")
+            folder = candidate.with_name(f"{candidate.name}{PARTIAL_SUFFIX}")
             if not candidate.exists():
                 try:
                     folder.mkdir()
@@ -280,7 +286,8 @@ class Staging:
 
     def __exit__(self, exc_type, exc, traceback):
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
-        keep = self.keep_on_error or (interrupted and self.keep_on_interrupt)
+        keep = (self.keep_on_error or (interrupted and self.keep_on_interrupt)
+                or (exc_type is not None and self.keep_if is not None and self.keep_if(self.folder, exc_type)))
         if self._lock is not None and (self.committed or keep):
             self._lock.close()  # a kept folder keeps its lock file, unlocked
             self._lock = None
@@ -325,7 +332,7 @@ def list_runs(directory):
         size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
         if path.name.endswith(PARTIAL_SUFFIX):
             status = "running" if is_being_written(path) else "stopped"
-            entries.append(RunEntry(path, status, size))
+            entries.append(RunEntry(path, status, size, **_progress(path)))
         elif all((path / name).is_file() for name in REQUIRED_FILES):
             try:
                 metrics = read_metrics(path)
@@ -336,6 +343,27 @@ def list_runs(directory):
                                     monitor=best.get("monitor"), best=best.get("value"),
                                     test_accuracy=metrics.get("test", {}).get("accuracy")))
     return entries
+
+
+def _progress(folder):
+    """The epochs done and the best value so far of a run in progress, from its training state
+    (`app.resuming`); nothing for a search, or a run killed before its first checkpoint."""
+    import zipfile
+
+    import numpy as np
+    import yaml
+
+    try:
+        with np.load(folder / STATE_FILE, allow_pickle=False) as stored:
+            meta = json.loads(stored["meta"].tobytes())
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        monitor = config["early_stopping"]["monitor"]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, yaml.YAMLError):
+        return {}
+    best = [state["best_value"] for state in meta["callbacks"]
+            if "best_epoch" in state and "best_value" in state]
+    epochs = max((len(values) for values in meta["history"].values()), default=0)
+    return {"epochs": epochs, "monitor": monitor, "best": best[0] if best else None}
 
 
 def _hold_lock(folder):

@@ -5,6 +5,7 @@ import math
 import keras
 
 from callbacks.monitor_mode import check_mode, improves, resolve_mode
+from callbacks.training_state import write_atomically
 
 
 @keras.saving.register_keras_serializable(package="efficient_learning")
@@ -17,6 +18,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     say which epoch was kept. Like Keras's `ModelCheckpoint`, a second `fit` with the same
     callback continues from the best so far (fine-tuning's second phase, `initial_epoch`
     resumes): only a better epoch overwrites the file.
+
+    The file is replaced atomically, and `state_dict` / `load_state_dict` carry the best so far
+    into a resumed run (`app.resuming`).
 
     Args:
         filepath: where to save, a `.keras` path.
@@ -57,7 +61,15 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if not math.isfinite(value) or not improves(value, self.best_value, self.direction):
             return
         self.best_epoch, self.best_value = epoch + 1, value
-        (self.model if self.saved_model is None else self.saved_model).save(self.filepath)
+        saved = self.model if self.saved_model is None else self.saved_model
+        write_atomically(self.filepath, saved.save)
+
+    def state_dict(self):
+        """The best so far, for resuming (the file itself is already on disk)."""
+        return {"best_epoch": self.best_epoch, "best_value": self.best_value}
+
+    def load_state_dict(self, state):
+        self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
 
     def get_config(self):
         return {"filepath": self.filepath, "monitor": self.monitor, "mode": self.mode}

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from callbacks.monitor_mode import resolve_mode
-from callbacks.training_state import restore, snapshot
+from callbacks.training_state import restore, snapshot, to_numpy
 
 MIN_DELTA_MODES = ("absolute", "relative")
 # The signals `graceful_signals` may name, and the default handler each replaces.
@@ -153,6 +153,19 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             print(
                 f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
         self._restore(self.best_weights)
+
+    def state_dict(self):
+        """What a resumed run needs to stop, and restore, as this one would have: the best
+        value, its epoch and weights, and the epochs waited."""
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch,
+                "best": None if self.best is None else float(self.best),
+                "best_epoch": self.best_epoch, "stop_reason": self.stop_reason,
+                "best_weights": to_numpy(self.best_weights)}
+
+    def load_state_dict(self, state):
+        for key in ("wait", "stopped_epoch", "best", "best_epoch", "stop_reason",
+                    "best_weights"):
+            setattr(self, key, state[key])
 
     def _stop(self, epoch, reason):
         self.stopped_epoch = epoch

@@ -159,6 +159,7 @@ class AccumulationScheduler(keras.callbacks.Callback):
         self.adaptive = adaptive
         self.noise_key = noise_key
         self.max_steps = max_steps
+        self._full_batch_size = None
 
     @property
     def _optimizer(self):
@@ -175,14 +176,18 @@ class AccumulationScheduler(keras.callbacks.Callback):
             optimizer.set_steps(self.scheduling[max(passed)])
 
     def _batch_size(self):
-        return -(-self.samples_per_epoch // self.params["steps"])
+        # Taken from the first full epoch: a resumed run's first `fit` has fewer steps.
+        if self._full_batch_size is None:
+            self._full_batch_size = -(-self.samples_per_epoch // self.params["steps"])
+        return self._full_batch_size
 
     def on_train_batch_begin(self, batch, logs=None):
         steps = (self.params or {}).get("steps")
         if self.samples_per_epoch is None or not steps or batch != steps - 1:
             return
         batch_size = self._batch_size()
-        last = self.samples_per_epoch - (steps - 1) * batch_size
+        batches = -(-self.samples_per_epoch // batch_size)
+        last = self.samples_per_epoch - (batches - 1) * batch_size
         if last == batch_size:
             return
         sync_jax_state(self.model)
@@ -198,6 +203,15 @@ class AccumulationScheduler(keras.callbacks.Callback):
                 optimizer.set_steps(wanted)
         if logs is not None:
             logs["accumulation_steps"] = optimizer.steps
+
+    def state_dict(self):
+        """K now (raised adaptively, perhaps) and the batch size, for resuming; the window in
+        progress is in the optimizer's variables."""
+        return {"steps": self._optimizer.steps, "batch_size": self._full_batch_size}
+
+    def load_state_dict(self, state):
+        self._optimizer.set_steps(state["steps"])
+        self._full_batch_size = state["batch_size"]
 
     def get_config(self):
         return {"scheduling": dict(self.scheduling), "samples_per_epoch": self.samples_per_epoch,

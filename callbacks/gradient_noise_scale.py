@@ -84,6 +84,15 @@ class GradientNoiseScale(keras.callbacks.Callback):
             self._average_trace = keep * self._average_trace + (1 - keep) * trace
         return self._average_trace / max(self._average_gradient_norm, 1e-30)
 
+    def state_dict(self):
+        """The moving averages, for resuming."""
+        return {"average_gradient_norm": self._average_gradient_norm,
+                "average_trace": self._average_trace}
+
+    def load_state_dict(self, state):
+        self._average_gradient_norm = state["average_gradient_norm"]
+        self._average_trace = state["average_trace"]
+
     def get_config(self):
         # The data is not part of the configuration: give it again when rebuilding.
         return {"small_batch_size": self.small_batch_size, "smoothing": self.smoothing,

@@ -36,6 +36,14 @@ class LearningRateMonitor(keras.callbacks.Callback):
         if logs is not None and self._epoch_learning_rate is not None:
             logs[self.log_key] = self._epoch_learning_rate
 
+    def state_dict(self):
+        """The rate at the start of the epoch in progress (a run resumed within an epoch
+        logs it, not the rate at the resumption)."""
+        return {"epoch_learning_rate": self._epoch_learning_rate}
+
+    def load_state_dict(self, state):
+        self._epoch_learning_rate = state["epoch_learning_rate"]
+
     def get_config(self):
         return {"log_key": self.log_key}
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from callbacks.monitor_mode import check_mode, improves, resolve_mode
-from callbacks.training_state import restore, snapshot, sync_jax_state
+from callbacks.training_state import restore, snapshot, sync_jax_state, to_numpy
 
 
 @keras.saving.register_keras_serializable(package="efficient_learning")
@@ -97,6 +97,15 @@ class NaNGuard(keras.callbacks.Callback):
                      f"{self.report['non_finite_output_layer'] or 'none'}"
                      if self.probe_data is not None else "")
                   + f"; restored the {self.report['restored']}.")
+
+    def state_dict(self):
+        """The best value so far and its weights (what a stop would restore), for resuming."""
+        return {"triggered": self.triggered, "report": self.report, "best": self._best,
+                "best_weights": to_numpy(self._best_weights)}
+
+    def load_state_dict(self, state):
+        self.triggered, self.report = state["triggered"], state["report"]
+        self._best, self._best_weights = state["best"], state["best_weights"]
 
     def get_config(self):
         # The probe data is not configuration: give it again when rebuilding.

@@ -160,6 +160,26 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
             else self.best + self.threshold
         return value > bound
 
+    def state_dict(self):
+        """The counters and the reductions so far (with a schedule, its scale), for resuming;
+        with a constant rate the optimizer's own variable holds the reduced rate."""
+        schedule = learning_rate_schedule(self.model.optimizer)
+        return {"best": self.best, "bad_epochs": self.bad_epochs,
+                "cooldown_counter": self.cooldown_counter,
+                "scale": schedule.scale if isinstance(schedule, ScaledSchedule) else None}
+
+    def load_state_dict(self, state):
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        self.cooldown_counter = state["cooldown_counter"]
+        if state["scale"] is not None:
+            optimizer = self.model.optimizer
+            schedule = learning_rate_schedule(optimizer)
+            if not isinstance(schedule, ScaledSchedule):
+                schedule = ScaledSchedule(schedule, min_lr=self.min_lr)
+                optimizer.learning_rate = schedule
+            schedule.scale = state["scale"]
+            self.model.make_train_function(force=True)
+
     def _reduce(self, epoch):
         optimizer = self.model.optimizer
         old = current_learning_rate(optimizer)

@@ -92,7 +92,7 @@ def test_staging_commits_in_one_step_and_an_error_leaves_nothing(tmp_path):
     final = tmp_path / "runs" / "run-1"
     with Staging(final) as staging:
         (staging.folder / "a.txt").write_text("a")
-        assert not final.exists() and staging.folder.name.startswith(".run-1.")
+        assert not final.exists() and staging.folder.name == "run-1.partial"
         staging.commit()
     assert (final / "a.txt").read_text() == "a"
     with pytest.raises(RuntimeError), Staging(tmp_path / "runs" / "run-2") as staging:
@@ -191,12 +191,14 @@ def test_runs_started_together_claim_distinct_names_at_the_start(tmp_path):
     # Without renumbering (output.timestamp: false), a name being written is refused at once.
     with Staging(tmp_path / "runs" / "fixed"):
         with pytest.raises(UserError, match=r"runs/fixed is taken \(by a finished run, or by "
-                                            r"one still writing \.fixed\.partial\)"):
+                                            r"one still writing fixed\.partial\)"):
             Staging(tmp_path / "runs" / "fixed").__enter__()
 
 
 def test_runs_lists_finished_and_partial_runs_and_removes_only_stopped_ones(tmp_path, run_cli):
     import json
+
+    from app.resuming import save_training_state
 
     finished = tmp_path / "mlp-teacher-1"
     finished.mkdir()
@@ -205,22 +207,36 @@ def test_runs_lists_finished_and_partial_runs_and_removes_only_stopped_ones(tmp_
     (finished / "metrics.json").write_text(json.dumps({
         "epochs_run": 23, "best": {"monitor": "val_loss", "value": 0.0812},
         "test": {"accuracy": 0.9778}}))
-    killed = tmp_path / ".mlp-teacher-2.partial"  # a run's staging folder, its process gone
+    killed = tmp_path / "mlp-teacher-2.partial"  # a run's staging folder, its process gone
     killed.mkdir()
     (killed / ".lock").write_text("")
+    (killed / "config.yaml").write_text("early_stopping: {monitor: val_accuracy}\n")
+    save_training_state(killed / "training_state.npz", _state_after(epochs=3))
     (tmp_path / "notes").mkdir()  # not a run: left out
     with Staging(tmp_path / "mlp-teacher-3") as running:
         code, out, err = run_cli("runs", str(tmp_path), "--remove-partial")
         assert code == 0, err
         lines = out.splitlines()
         assert lines[0].split() == ["name", "status", "epochs", "best", "test", "acc", "size"]
-        assert lines[1].split()[:2] == [".mlp-teacher-2.partial", "stopped"]
-        assert lines[2].split()[:2] == [".mlp-teacher-3.partial", "running"]
-        assert lines[3].split()[:6] == ["mlp-teacher-1", "finished", "23", "val_loss",
+        assert lines[1].split()[:6] == ["mlp-teacher-1", "finished", "23", "val_loss",
                                         "0.0812", "0.9778"]
-        assert lines[4] == "removed 1 stopped partial run(s): .mlp-teacher-2.partial"
+        assert lines[2].split()[:5] == ["mlp-teacher-2.partial", "stopped", "3",
+                                        "val_accuracy", "0.9"]
+        assert lines[3].split()[:2] == ["mlp-teacher-3.partial", "running"]
+        assert lines[4] == "removed 1 stopped partial run(s): mlp-teacher-2.partial"
         assert not killed.exists() and running.folder.exists()
         running.commit()
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "mlp-teacher-1", "mlp-teacher-3", "notes"]
     assert list((tmp_path / "mlp-teacher-3").iterdir()) == []  # the lock file left with it
+
+
+def _state_after(epochs):
+    """A training state as `fit` saves it after `epochs` epochs (no variables)."""
+    from app.resuming import TrainingState
+
+    return TrainingState(
+        epoch=epochs, batch=0, phase=1, phase_start=0, stopped=False,
+        history={"loss": [1.0] * epochs, "val_accuracy": [0.5, 0.9, 0.8][:epochs]},
+        callbacks=[{"best_epoch": 2, "best_value": 0.9}], model_variables=[],
+        optimizer_variables=[], metrics_variables=[], random_state=[], identity={})

@@ -38,11 +38,12 @@ def test_auto_mode_agrees_with_keras_on_every_metric(trained_model, monitor):
     assert resolve_mode(monitor, "auto", trained_model) == keras_direction(trained_model, monitor)
 
 
-def test_every_callback_resolves_the_same_direction(trained_model):
+def test_every_callback_resolves_the_same_direction(trained_model, tmp_path):
     logs = {monitor: 0.5 for monitor in MONITORS}
     for monitor in MONITORS:
         expected = keras_direction(trained_model, monitor)
-        checkpoint = callbacks.BestModelCheckpoint("unused.keras", monitor=monitor)
+        checkpoint = callbacks.BestModelCheckpoint(tmp_path / "unused.keras",
+                                                  monitor=monitor)
         guard = callbacks.NaNGuard(monitor=monitor, verbose=0)
         plateau = callbacks.ReduceLROnPlateau(monitor=monitor)
         stopper = callbacks.EarlyStopping(monitor=monitor)
@@ -82,4 +83,4 @@ def test_improves_follows_the_direction_and_anything_beats_nothing():
 
 class _NotSaved:
     def save(self, path):
-        pass
+        path.write_bytes(b"")

@@ -158,7 +158,8 @@ def test_validation_and_test_batches_are_never_augmented(shapes_folder):
     assert evaluation_inputs(dataset.x_test, dataset.y_test, config)["x"].augmenter is None
     # In memory without augmentation, Keras gets the arrays themselves.
     memory = load(shapes_folder, "memory")
-    assert fit_inputs(memory, config)["x"] is memory.x_train
+    in_memory = fit_inputs(memory, config)["x"]  # read in the seed's order, not augmented
+    assert in_memory.features is memory.x_train and in_memory.augmenter is None
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -191,6 +192,35 @@ def test_an_interrupted_search_resumes_where_it_stopped(run_cli, runs_dir, tmp_p
     rows = read_leaderboard(search_dir)
     assert sorted(int(row["trial"]) for row in rows) == [1, 2, 3, 4]
     assert "trial 1/4" not in out  # the finished trial was not run again
+
+
+@pytest.mark.slow
+def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir, tmp_path):
+    """Ctrl-C in the middle of the second trial, then `--resume`: the trial continues from
+    its saved state (KerasTuner alone would run it again from its start), and every trial
+    scores exactly as in an uninterrupted search."""
+    settings = ["tuning.max_trials=2", "training.epochs=8", "training.checkpoint_minutes=0.001",
+                "output.timestamp=false"]
+    code, _, err = run_cli(*tune_arguments(*settings, "output.name=reference"))
+    assert code == 0, err
+    command = [sys.executable, "-m", "app", "tune", *tune_arguments(*settings)[1:],
+               "--set", "output.name=run", "--set", f"output.dir={runs_dir}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO, env=_environment(), start_new_session=True)
+    partial = runs_dir / "run-search.partial"
+    state = partial / "tuner" / "search" / "trial_1" / "training_state-1.npz"
+    while not state.exists() and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert state.exists()  # the trial's state, kept to resume
+    code, out, err = run_cli("tune", "--resume", str(partial))
+    assert code == 0, err
+    assert not state.exists()
+    reference, resumed = (read_leaderboard(runs_dir / f"{name}-search")
+                          for name in ("reference", "run"))
+    assert reference == resumed
 
 
 @pytest.mark.slow

@@ -1,15 +1,16 @@
 """`python -m app runs [DIR]`: the finished and partial runs of an output directory.
 
 Finished runs show their epochs, best monitored value, test accuracy and size. Partial ones
-are a search's `<name>.partial/` (`tune --resume` continues it) or a run's hidden staging
-folder `.<name>.partial/`; each is "running" while a live process holds its lock, else
-"stopped" (killed, or interrupted and kept). `--remove-partial` deletes the stopped ones.
+are a run's or a search's `<name>.partial/` (`fit --resume` or `tune --resume` continues
+it; a run shows its epochs done and best so far); each is "running" while a live process
+holds its lock, else "stopped" (killed, or interrupted and kept). `--remove-partial`
+deletes the stopped ones.
 
 ```console
 $ python -m app runs
-name                                  status    epochs  best             test acc  size
-.mlp-teacher-20261201-135301.partial  stopped   –       –                –         84.0 KiB
-mlp-teacher-20261201-135254           finished  1       val_loss 0.6646  0.7333    1112.7 KiB
+name                                 status    epochs  best             test acc  size
+mlp-teacher-20261201-135254          finished  1       val_loss 0.6646  0.7333    1112.7 KiB
+mlp-teacher-20261201-135301.partial  stopped   4       val_loss 0.1893  –         1480.2 KiB
 ```
 """
 
@@ -23,8 +24,8 @@ def add_parser(commands):
         "runs", help="list finished and partial runs; remove stopped ones",
         description="List the run directories in DIR (default: runs): finished runs with "
                     "their epochs, best value, test accuracy and size; partial ones (a "
-                    "search's NAME.partial, a run's hidden .NAME.partial) as running or "
-                    "stopped. --remove-partial deletes the stopped partial ones.")
+                    "run's or a search's NAME.partial) as running or stopped. "
+                    "--remove-partial deletes the stopped partial ones.")
     parser.add_argument("directory", nargs="?", default="runs", metavar="DIR")
     parser.add_argument("--remove-partial", action="store_true",
                         help="delete partial runs that no process is writing")

@@ -285,6 +285,8 @@ class TrainingConfig:
     verbose: int = option(1, choices=[0, 1, 2])
     noise_scale: bool = option(False)
     nan_guard: bool = option(True)
+    # `fit` saves the training state at every epoch's end, and within an epoch this often.
+    checkpoint_minutes: Optional[float] = option(None, low=0.0, low_open=True)
     fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
 
     def check(self, prefix):

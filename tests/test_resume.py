@@ -1,0 +1,181 @@
+"""Interrupted `fit` runs are kept and resume exactly (`app.resuming`, `fit --resume`).
+
+The reference is the same configuration and seed trained without interruption, on the
+same backend: a resumed run must end with the same `history.csv`, best epoch and test
+metrics, bit for bit.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import app.engine
+import app.rundir
+from app.errors import UserError
+from app.resuming import check_resumable, load_training_state
+from tests.helpers import BACKEND, REPO, fit, fit_arguments, run_subprocess
+
+SETTINGS = ("training.epochs=4", "output.timestamp=false")
+
+
+def interrupt_at(monkeypatch, epoch, batch, signum=signal.SIGINT, times=1):
+    """Sends `signum` `times` times at the end of `batch` of `epoch` (0-based) of training."""
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, current, logs=None):
+            self.epoch = current
+
+        def on_train_batch_end(self, current, logs=None):
+            if (self.epoch, current) == (epoch, batch):
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+
+    train_model = app.engine.train_model
+    monkeypatch.setattr(app.engine, "train_model", lambda *args, **kwargs: train_model(
+        *args, **{**kwargs, "extra_callbacks": [Interrupt()]}))
+
+
+def assert_same_run(reference, resumed):
+    assert (reference / "history.csv").read_text() == (resumed / "history.csv").read_text()
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in (reference, resumed))
+    assert first["best"] == second["best"] and first["test"] == second["test"]
+    assert first["epochs_run"] == second["epochs_run"]
+    assert sorted(path.name for path in resumed.iterdir()) == sorted(
+        path.name for path in reference.iterdir())  # the training state is gone
+
+
+@pytest.fixture
+def reference(run_cli, runs_dir):
+    fit(run_cli, *SETTINGS, "output.name=reference")
+    return runs_dir / "reference"
+
+
+@pytest.mark.parametrize("epoch, batch", [(1, 4), (1, 19)], ids=["mid-epoch", "epoch-end"])
+def test_ctrl_c_keeps_the_run_and_resume_ends_it_exactly(run_cli, runs_dir, reference,
+                                                         monkeypatch, epoch, batch):
+    interrupt_at(monkeypatch, epoch, batch)  # 19: the last of 20 batches
+    code, out, err = run_cli(*fit_arguments(*SETTINGS, "output.name=run"))
+    partial = runs_dir / "run.partial"
+    assert code == 130 and "Interrupted (SIGINT): saving the state after this batch" in out
+    assert err == (f"interrupted; the run is kept in {partial}; resume it with: python -m app "
+                   f"fit --resume {partial} --backend {BACKEND}\n")
+    state = load_training_state(partial / "training_state.npz")
+    assert (state.epoch, state.batch) == ((epoch, batch + 1) if batch < 19 else (epoch + 1, 0))
+    monkeypatch.undo()
+    code, _, err = run_cli("fit", "--resume", str(partial))
+    assert code == 0, err
+    assert not partial.exists()
+    assert_same_run(reference, runs_dir / "run")
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_run_exits_143_and_a_second_ctrl_c_stops_at_once(
+        run_cli, runs_dir, reference, monkeypatch):
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a launched process has it
+    try:
+        interrupt_at(monkeypatch, 1, 4, signal.SIGTERM)
+        code, out, err = run_cli(*fit_arguments(*SETTINGS, "output.name=run"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    partial = runs_dir / "run.partial"
+    assert code == 143 and err.startswith(f"terminated (SIGTERM); the run is kept in {partial}")
+    assert "Interrupted (SIGTERM)" in out
+    # Resumed and interrupted twice at once: the second Ctrl-C does not wait for the batch's
+    # end, and the last checkpoint (the end of epoch 2) stays.
+    monkeypatch.undo()
+    interrupt_at(monkeypatch, 2, 2, times=2)
+    code, _, err = run_cli("fit", "--resume", str(partial))
+    assert code == 130 and "resume it with" in err
+    assert load_training_state(partial / "training_state.npz").epoch == 2
+    monkeypatch.undo()
+    assert run_cli("fit", "--resume", str(partial))[0] == 0
+    assert_same_run(reference, runs_dir / "run")
+
+
+def test_a_crash_after_training_keeps_the_run_and_resume_only_writes_it(run_cli, runs_dir,
+                                                                        reference, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(app.rundir, "write_reports", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_cli(*fit_arguments(*SETTINGS, "output.name=run"))
+    partial = runs_dir / "run.partial"
+    state = load_training_state(partial / "training_state.npz")
+    assert state.epoch == 4 and len(state.history["loss"]) == 4
+    monkeypatch.undo()
+    code, out, err = run_cli("fit", "--resume", str(partial))
+    assert code == 0, err
+    assert "Epoch" not in out  # nothing trained again
+    assert_same_run(reference, runs_dir / "run")
+
+
+def test_resume_refuses_what_it_cannot_continue(run_cli, runs_dir, reference, monkeypatch):
+    def refused(*arguments):
+        code, _, err = run_cli(*arguments)
+        assert code == 2 and err.count("\n") == 1, err
+        return err
+
+    assert "is a finished run, not an interrupted one" in refused(
+        "fit", "--resume", str(reference))
+    assert "is not a directory" in refused("fit", "--resume", str(runs_dir / "nothing.partial"))
+    assert "drop --config and --set" in refused(
+        "fit", "--resume", str(reference), "--set", "seed=2")
+    interrupt_at(monkeypatch, 0, 3)
+    run_cli(*fit_arguments(*SETTINGS, "output.name=run"))
+    monkeypatch.undo()
+    partial = runs_dir / "run.partial"
+    state = load_training_state(partial / "training_state.npz")
+    other = next(name for name in ("tensorflow", "jax", "torch") if name != BACKEND)
+    with pytest.raises(UserError, match=f"the run was trained on {BACKEND}; resume it with "
+                                        f"--backend {BACKEND}"):
+        check_resumable(state, {**state.identity, "backend": other})
+    config = partial / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 42", "seed: 1"))
+    assert "config.yaml changed since it started" in refused("fit", "--resume", str(partial))
+    (partial / "training_state.npz").write_bytes(b"cut short")
+    assert "training_state.npz is damaged" in refused("fit", "--resume", str(partial))
+    assert partial.is_dir()  # a refused resume never deletes the user's run
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_ends_exactly(tmp_path):
+    """Killed three times (no handler runs: a power cut, the out-of-memory killer), at random
+    moments within and between epochs, the run resumes each time and ends as if never
+    stopped."""
+    arguments = [*fit_arguments(*SETTINGS, "training.checkpoint_minutes=0.002"),
+                 "--set", f"output.dir={tmp_path}"]
+    reference = run_subprocess(["-m", "app", *arguments, "--set", "output.name=reference"],
+                               cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    command = [sys.executable, "-m", "app", *arguments, "--set", "output.name=run"]
+    partial = tmp_path / "run.partial"
+    chooser = random.Random(0)
+    kills = 0
+    environment = {**os.environ, "KERAS_BACKEND": BACKEND, "PYTHONPATH": str(REPO)}
+    for _ in range(3):
+        process = subprocess.Popen(command, cwd=tmp_path, env=environment,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (partial / "classes.json").exists() and process.poll() is None:
+            time.sleep(0.05)  # starting: Keras, the data
+        time.sleep(chooser.uniform(0.5, 3))
+        if process.poll() is None:
+            process.kill()
+            kills += 1
+        process.wait()
+        command = [sys.executable, "-m", "app", "fit", "--resume", str(partial)]
+        if not partial.exists():
+            break
+    assert kills >= 1
+    if partial.exists():
+        finished = run_subprocess(command[1:], cwd=tmp_path)
+        assert finished.returncode == 0, finished.stderr
+    assert_same_run(tmp_path / "reference", tmp_path / "run")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["reference", "run"]
