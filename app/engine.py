@@ -310,7 +310,7 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoin
         if checkpoint is not None:
             checkpoint.phase, checkpoint.phase_start = 2, phase_two_start
     if phase_two_start is not None:
-        _unfreeze_and_recompile(model, config, dataset)
+        loop.start_phase_two()
         end = phase_two_start + fine_tune.epochs
         if resumed is not None and resumed.phase == 2:
             loop.resume(resumed, end)
@@ -339,14 +339,21 @@ class _Loop:
 
             self.augmenter = build_augmenter(config.augmentation, dataset, config.seed)
         self.history = None  # Keras's `History`, of every `fit` so far
+        self._built = False  # the compiled loss and metrics
+
+    def start_phase_two(self):
+        """Fine-tuning's second phase: unfreezes the top blocks and compiles anew."""
+        _unfreeze_and_recompile(self.model, self.config, self.dataset)
+        self._built = False
 
     def run(self, initial_epoch, epochs, first_batch=0, callbacks=None, **fit_arguments):
         from app.feeding import fit_inputs
 
-        if self.history is None:
+        if not self._built:
             self._build_loss_and_metrics()
+            self._built = True
         inputs = fit_inputs(self.dataset, self.config, self.augmenter, initial_epoch, first_batch)
-        data_callbacks = inputs.pop("callbacks")
+        data_callbacks = inputs.pop("callbacks", [])
         result = self.model.fit(
             **inputs, callbacks=[*data_callbacks, *(callbacks or self.callbacks)],
             verbose=self.verbose, initial_epoch=initial_epoch, epochs=epochs, **fit_arguments)

@@ -133,12 +133,19 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
         first_batch: start that epoch at this batch (a run resumed within an epoch).
 
     Returns:
-        The arguments; `callbacks` holds the training `Batches`' `SetEpoch`.
+        The arguments; `callbacks` holds the training `Batches`' `SetEpoch` (in-memory
+        arrays under TensorFlow's strategies are given as they are).
     """
     batch_size = config.training.batch_size
+    if augmenter is None and not dataset.streamed and _splits_only_arrays(config):
+        rest = slice(first_batch * batch_size, None)  # as many samples as the epoch has left
+        return {"x": dataset.x_train[rest], "y": dataset.y_train[rest],
+                "batch_size": batch_size, "validation_data": (dataset.x_val, dataset.y_val)}
     workers = worker_threads(config.data)
+    # Slicing an array in memory costs less than handing the batch over from a thread.
+    reads = workers if augmenter is not None or dataset.streamed else 1
     training = Batches(dataset.x_train, dataset.y_train, batch_size, seed=config.seed,
-                       augmenter=augmenter, workers=workers, epoch=epoch,
+                       augmenter=augmenter, workers=reads, epoch=epoch,
                        first_batch=first_batch)
     # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
     inputs = {"x": training, "shuffle": False, "callbacks": [SetEpoch(training)]}
@@ -147,6 +154,15 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
                                                      workers=workers)}
     return {**inputs, "validation_data": (dataset.x_val, dataset.y_val),
             "validation_batch_size": batch_size}
+
+
+def _splits_only_arrays(config):
+    """Whether the devices split only arrays' batches over themselves: TensorFlow's
+    strategies give each device a whole batch of a `PyDataset` instead (so each step would
+    see twice the data), and there Keras's shuffle of the arrays stands in for `Batches`'
+    order (a resumed run then sees another order)."""
+    return (config.distribution.strategy in ("mirrored", "tpu")
+            and keras.backend.backend() == "tensorflow")
 
 
 def evaluation_inputs(features, labels, config, batch_size=None):

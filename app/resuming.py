@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from app.errors import Terminated, UserError
-from callbacks.training_state import sync_jax_state, to_numpy, write_atomically
+from callbacks.training_state import sync_jax_state, write_atomically
 
 FORMAT_VERSION = 1
 # The state's arrays, by group (`<group>/<index>` in the file).
@@ -243,11 +243,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             stopped=stopped,
             history=self.history,
             callbacks=[callback.state_dict() for callback in self.tracked],
-            model_variables=to_numpy([variable.value for variable in model.variables]),
-            optimizer_variables=to_numpy([variable.value
-                                          for variable in model.optimizer.variables]),
-            metrics_variables=to_numpy([variable.value
-                                        for variable in model.metrics_variables]),
+            model_variables=_values(model.variables),
+            optimizer_variables=_values(model.optimizer.variables),
+            metrics_variables=_values(model.metrics_variables),
             random_state=_random_state(), identity=self.identity)
         save_training_state(self.path, state)
         self._last_save = time.monotonic()
@@ -280,7 +278,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         model = self.model
         sync_jax_state(model)
         for variable, saved in zip(model.metrics_variables, self._saved_metrics, strict=True):
-            variable.assign(saved + keras.ops.convert_to_numpy(variable.value))
+            variable.assign(saved + variable.numpy())
         self._saved_metrics = None
 
     def _catch_signals(self):
@@ -351,6 +349,11 @@ def check_resumable(state, identity):
     if saved.get("data_fingerprint") != identity.get("data_fingerprint"):
         raise UserError("the run's data changed since it started (its fingerprint differs); "
                         "restore the data, or start a new run")
+
+
+def _values(variables):
+    # `numpy()` also reads TensorFlow's per-device metric sums under MirroredStrategy.
+    return [np.asarray(variable.numpy()) for variable in variables]
 
 
 def _random_state():

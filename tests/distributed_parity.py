@@ -53,7 +53,7 @@ def _train(config, data, devices, synchronize):
     keras.utils.set_random_seed(config.seed)
     with devices.scope():
         model = build_compiled_model(config, data, devices if synchronize else None)
-    fit_configured(model, config, data, shuffle=False)
+    fit_configured(model, config, data)  # `Batches` orders by the seed on both
     return [np.asarray(weight) for weight in model.get_weights()]
 
 

@@ -14,7 +14,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import pytest
 
 import app.engine
@@ -179,3 +178,25 @@ def test_sigkill_at_random_points_then_resume_ends_exactly(tmp_path):
         assert finished.returncode == 0, finished.stderr
     assert_same_run(tmp_path / "reference", tmp_path / "run")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["reference", "run"]
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_in_fine_tunings_second_phase_resumes_exactly(run_cli, runs_dir,
+                                                                         monkeypatch):
+    """Phase two has its own optimizer and unfrozen blocks: the resumed run rebuilds them
+    before restoring the state."""
+    fit(run_cli, "model.architecture=cnn", "training.epochs=1", "output.name=source",
+        "output.timestamp=false")
+    transfer = ("model.architecture=transfer", "model.width=null",
+                f"model.backbone={runs_dir / 'source'}", "training.epochs=2",
+                "training.fine_tune.epochs=2", "output.timestamp=false")
+    fit(run_cli, *transfer, "output.name=reference")
+    interrupt_at(monkeypatch, 2, 4)  # the first epoch of phase two
+    code, _, err = run_cli(*fit_arguments(*transfer, "output.name=run"))
+    assert code == 130, err
+    partial = runs_dir / "run.partial"
+    state = load_training_state(partial / "training_state.npz")
+    assert (state.phase, state.phase_start, state.epoch, state.batch) == (2, 2, 2, 5)
+    monkeypatch.undo()
+    assert run_cli("fit", "--resume", str(partial))[0] == 0
+    assert_same_run(runs_dir / "reference", runs_dir / "run")

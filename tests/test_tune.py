@@ -13,6 +13,8 @@ import time
 import pytest
 import yaml
 
+import app.engine
+
 from app.config import load_config
 from app.data import load_dataset
 from app.hypermodel import ConfiguredHyperModel, without_test_split
@@ -195,12 +197,13 @@ def test_an_interrupted_search_resumes_where_it_stopped(run_cli, runs_dir, tmp_p
 
 
 @pytest.mark.slow
-def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir, tmp_path):
+def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir, monkeypatch):
     """Ctrl-C in the middle of the second trial, then `--resume`: the trial continues from
     its saved state (KerasTuner alone would run it again from its start), and every trial
     scores exactly as in an uninterrupted search."""
+    # Trials in this process (no worker processes), so that the spy below sees them.
     settings = ["tuning.max_trials=2", "training.epochs=8", "training.checkpoint_minutes=0.001",
-                "output.timestamp=false"]
+                "output.timestamp=false", "tuning.trials_per_process=0"]
     code, _, err = run_cli(*tune_arguments(*settings, "output.name=reference"))
     assert code == 0, err
     command = [sys.executable, "-m", "app", "tune", *tune_arguments(*settings)[1:],
@@ -208,17 +211,29 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, cwd=REPO, env=_environment(), start_new_session=True)
     partial = runs_dir / "run-search.partial"
-    state = partial / "tuner" / "search" / "trial_1" / "training_state-1.npz"
+    state = partial / "tuner" / "trial_1" / "training_state-1.npz"
     while not state.exists() and process.poll() is None:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 130, err
     assert state.exists()  # the trial's state, kept to resume
+    resumed_from = []
+    training_checkpoint = app.engine.training_checkpoint
+
+    def spy(config, dataset, path, resume):
+        checkpoint = training_checkpoint(config, dataset, path, resume)
+        if resume:
+            resumed_from.append((checkpoint.resume_from.epoch, checkpoint.resume_from.batch))
+        return checkpoint
+
+    monkeypatch.setattr(app.engine, "training_checkpoint", spy)
     code, out, err = run_cli("tune", "--resume", str(partial))
     assert code == 0, err
+    assert len(resumed_from) == 1 and resumed_from[0] != (0, 0), resumed_from
     assert not state.exists()
-    reference, resumed = (read_leaderboard(runs_dir / f"{name}-search")
+    reference, resumed = ([{key: value for key, value in row.items() if key != "seconds"}
+                           for row in read_leaderboard(runs_dir / f"{name}-search")]
                           for name in ("reference", "run"))
     assert reference == resumed
 
