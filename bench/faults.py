@@ -2,8 +2,8 @@
 resumed run ends exactly as the uninterrupted one.
 
 For each backend: one uninterrupted run, then `--runs` runs each killed `--kills` times at
-a random moment (SIGKILL: no handler runs, as in a power cut or an out-of-memory kill) and
-resumed with `fit --resume` until it finishes. It prints, per backend:
+a random moment of its training (SIGKILL: no handler runs, as in a power cut or an
+out-of-memory kill) and resumed with `fit --resume` until it finishes. It prints, per backend:
 
 | column | meaning |
 |---|---|
@@ -56,18 +56,17 @@ def _measure(backend, scratch, arguments, chooser):
     settings = [f"training.epochs={arguments.epochs}", "output.timestamp=false",
                 f"training.checkpoint_minutes={arguments.checkpoint_minutes}",
                 *arguments.overrides]
-    started = time.perf_counter()
     _fit(backend, scratch, ["fit", *_sets([*settings, "output.name=reference"])])
     reference = scratch / "runs" / "reference"
-    duration = time.perf_counter() - started
+    duration = json.loads((reference / "metrics.json").read_text())["wall_time_seconds"]
     interruptions = survived = identical = lost = 0
     for number in range(arguments.runs):
         name = f"killed-{number}"
         partial = scratch / "runs" / f"{name}.partial"
         command = ["fit", *_sets([*settings, f"output.name={name}"])]
         for _ in range(arguments.kills):
-            # Kill somewhere between the start-up and the end of the run.
-            if _run_and_kill(backend, scratch, command, chooser.uniform(0.2, 0.9) * duration):
+            # Kill at a random moment of the training (and testing) that follows start-up.
+            if _run_and_kill(backend, scratch, command, partial, chooser.uniform(0, duration)):
                 interruptions += 1
             if not partial.is_dir():
                 break  # finished before the kill, or lost
@@ -99,16 +98,22 @@ def _fit(backend, scratch, arguments, check=True):
     """Runs `python -m app ARGUMENTS` to the end in `scratch`."""
     result = subprocess.run([sys.executable, "-m", "app", *arguments], cwd=scratch,
                             env=_environment(backend), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise SystemExit(f"{backend}: fit failed: {result.stderr.strip()}")
+    if result.returncode != 0:
+        message = f"{backend}: {' '.join(arguments[:2])} failed: {result.stderr.strip()[-2000:]}"
+        if check:
+            raise SystemExit(message)
+        print(message, file=sys.stderr)
 
 
-def _run_and_kill(backend, scratch, arguments, delay):
-    """Starts `python -m app ARGUMENTS`, SIGKILLs it after `delay` seconds; whether the kill
-    landed (the process was still running)."""
+def _run_and_kill(backend, scratch, arguments, partial, delay):
+    """Starts `python -m app ARGUMENTS` and SIGKILLs it `delay` seconds after the run has
+    started (its `partial` folder holds `classes.json`); whether the kill landed (the
+    process was still running)."""
     process = subprocess.Popen([sys.executable, "-m", "app", *arguments], cwd=scratch,
                                env=_environment(backend), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
+    while not (partial / "classes.json").exists() and process.poll() is None:
+        time.sleep(0.02)
     try:
         process.wait(timeout=delay)
         return False
