@@ -43,8 +43,9 @@ def handle(arguments):
             raise UserError("--resume continues the run with its own config.yaml; drop "
                             "--config and --set")
         folder = check_partial_run(Path(arguments.resume))
-        start_backend(arguments.backend)
-        run_dir, metrics = run_fit(load_config(folder / CONFIG_FILE), resume=folder)
+        config = load_config(folder / CONFIG_FILE)
+        start_backend(arguments.backend, config)
+        run_dir, metrics = run_fit(config, resume=folder)
     else:
         run_dir, metrics = run_fit(prepare(arguments, distribution_flags(arguments)))
     print(format_summary(metrics, run_dir))
