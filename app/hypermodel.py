@@ -72,7 +72,7 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
         self._trial_fits = 0
 
     def start_trial(self, trial_dir):
-        """The trials's `fit`s save their training state in `trial_dir`: an interrupted
+        """The trial's `fit`s save their training state in `trial_dir`: an interrupted
         trial, which KerasTuner runs again when the search resumes, resumes from its last
         epoch (or batch) instead of from the start (KerasTuner #702)."""
         self.trial_dir, self._trial_fits = Path(trial_dir), 0
@@ -130,7 +130,6 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
         except UserError as error:
             raise keras_tuner.errors.FailedTrialError(str(error)) from None
         return history
-
 
     def _checkpoint(self, config, dataset):
         """The training checkpoint of this `fit` of the trial (one per execution)."""
