@@ -89,15 +89,12 @@ def training_checkpoint(config, dataset, state_path, resume):
     """
     import keras
 
-    from app.resuming import TrainingCheckpoint, check_resumable, load_training_state
+    from app.resuming import TrainingCheckpoint, load_training_state
 
     identity = {"backend": keras.backend.backend(), "config_hash": config_hash(config),
                 "data_fingerprint": dataset.fingerprint}
-    resumed = None
-    if resume:
-        resumed = load_training_state(state_path)
-        check_resumable(resumed, identity)
-    return TrainingCheckpoint(state_path, identity=identity, resume_from=resumed,
+    return TrainingCheckpoint(state_path, identity=identity,
+                              resume_from=load_training_state(state_path) if resume else None,
                               every_minutes=config.training.checkpoint_minutes)
 
 
@@ -303,7 +300,8 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoin
         loop.run(fit_arguments.pop("initial_epoch", 0), epochs, **fit_arguments)
     elif resumed.phase == 1:
         loop.resume(resumed, epochs)
-    phase_two_start = resumed.phase_start if resumed is not None and resumed.phase == 2 else None
+    resumed_in_phase_two = resumed is not None and resumed.phase == 2
+    phase_two_start = resumed.phase_start if resumed_in_phase_two else None
     interrupted = stopper is not None and stopper.interrupted
     if phase_two and phase_two_start is None and not (interrupted or (guard and guard.triggered)):
         phase_two_start = len(loop.history.history["loss"])
@@ -312,7 +310,7 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoin
     if phase_two_start is not None:
         loop.start_phase_two()
         end = phase_two_start + fine_tune.epochs
-        if resumed is not None and resumed.phase == 2:
+        if resumed_in_phase_two:
             loop.resume(resumed, end)
         else:
             loop.run(phase_two_start, end)

@@ -155,6 +155,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         tracked: the callbacks whose `state_dict()` is saved and restored.
         identity: what the state must match to be resumed (`TrainingState.identity`).
         resume_from: a `TrainingState` to restore when training starts, or `None`.
+
+    Raises:
+        UserError: if `resume_from` was saved by another backend, configuration or dataset
+            (`check_resumable`).
         every_minutes: also save within an epoch once this many minutes have passed since
             the last save; `None` saves at epoch ends only.
 
@@ -176,6 +180,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.path = path
         self.tracked = list(tracked)
         self.identity = identity or {}
+        if resume_from is not None:
+            check_resumable(resume_from, self.identity)
         self.resume_from = resume_from
         self.every_minutes = every_minutes
         self.history = {} if resume_from is None else {
@@ -252,7 +258,6 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def _restore(self, state):
         model = self.model
-        check_resumable(state, self.identity)
         optimizer = model.optimizer
         if not optimizer.built:  # TensorFlow builds it in the first step
             optimizer.build(model.trainable_variables)

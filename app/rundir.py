@@ -172,8 +172,8 @@ class Staging:
     Inside the `with` block files go to `folder`: by default `<final name>.partial` beside
     `final_path`, made with an exclusive `mkdir` when the work starts, which claims the final
     name then (two runs started in the same second never both train for one name); or a
-    named one (an interrupted run's or search's `.partial` folder, being resumed). `commit()` renames the folder to
-    `final_path` in one step; with `merge`, `final_path` is an existing folder (an export's
+    named one (an interrupted run's or search's `.partial` folder, being resumed).
+    `commit()` renames the folder to `final_path` in one step; with `merge`, `final_path` is an existing folder (an export's
     output folder), the hidden folder is made inside it, and `commit()` moves each entry into
     it. Leaving the block without a commit deletes the folder, except on Ctrl-C when
     `keep_on_interrupt`, when `keep_if` says so, or always when `keep_on_error`.
@@ -285,9 +285,10 @@ class Staging:
         self.folder.rmdir()
 
     def __exit__(self, exc_type, exc, traceback):
-        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        failed = exc_type is not None
+        interrupted = failed and issubclass(exc_type, KeyboardInterrupt)
         keep = (self.keep_on_error or (interrupted and self.keep_on_interrupt)
-                or (exc_type is not None and self.keep_if is not None and self.keep_if(self.folder, exc_type)))
+                or (failed and self.keep_if is not None and self.keep_if(self.folder, exc_type)))
         if self._lock is not None and (self.committed or keep):
             self._lock.close()  # a kept folder keeps its lock file, unlocked
             self._lock = None
