@@ -28,7 +28,7 @@ NOISE_SCALE_SAMPLES = 1024
 
 
 def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=None,
-                   resume=False):
+                   resume=False, start=None):
     """Trains the configured model on the configured devices, keeps the best epoch's model
     at `checkpoint_path` and evaluates it once on the test split.
 
@@ -40,6 +40,8 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=No
         state_path: where the training state is saved (`app.resuming`), so that an
             interrupted run can resume; `None` saves none.
         resume: continue from the state at `state_path` (`fit --resume`).
+        start: `start(model)` sets the built model's weights before training (`prune`
+            rewinds them), or `None` to train from the seeded initialization.
 
     Returns:
         `(history, metrics)`: the per-epoch logs and what `metrics.json` holds.
@@ -57,6 +59,8 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=No
         training_data = devices.shardable(dataset, config.training.batch_size)
         with devices.scope():
             model = build_compiled_model(config, training_data, devices)
+            if start is not None:
+                start(model)
         trained = model
         if teacher is not None:
             from app.distillation import build_distiller
@@ -77,6 +81,10 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=No
         **evaluation_inputs(dataset.x_test, dataset.y_test, config), verbose=0)
     metrics = _metrics(config, dataset, history, checkpoint, model, train_seconds,
                        time.perf_counter() - started, test_loss, test_accuracy)
+    if config.training.pruning.enabled:
+        from callbacks import model_sparsity
+
+        metrics["sparsity"] = model_sparsity(best_model)
     if nan_report is not None:
         metrics["stopped_by_nan_guard"] = nan_report
     metrics["distribution"] = devices.describe()
@@ -234,7 +242,8 @@ def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kep
     from callbacks import BestModelCheckpoint
 
     checkpoint = BestModelCheckpoint(checkpoint_path, monitor=config.early_stopping.monitor,
-                                     mode=config.early_stopping.mode, saved_model=kept_model)
+                                     mode=config.early_stopping.mode, saved_model=kept_model,
+                                     start_from_epoch=first_counted_epoch(config))
     result, nan_report = fit_configured(model, config, dataset,
                                         callbacks=[checkpoint, *extra_callbacks],
                                         checkpoint=state)
@@ -282,7 +291,9 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoin
     if stopping.enabled:
         # A checkpoint takes the signals itself, to save the state before stopping.
         signals = () if checkpoint is not None else ("SIGINT", "SIGTERM")
-        stopper = EarlyStopping(**_settings(stopping), graceful_signals=signals)
+        settings = {**_settings(stopping), "start_from_epoch": max(
+            stopping.start_from_epoch, first_counted_epoch(config))}
+        stopper = EarlyStopping(**settings, graceful_signals=signals)
         configured.append(stopper)
     configured.extend(callbacks)
     if checkpoint is not None:
@@ -429,11 +440,33 @@ def _optional_callbacks(config, dataset):
         callbacks.append(GradientNoiseScale(
             (dataset.x_train[samples], dataset.y_train[samples]),
             small_batch_size=min(32, training.batch_size)))
+    if training.pruning.enabled:
+        callbacks.append(magnitude_pruning(training.pruning, steps_per_epoch(config, dataset),
+                                           training.epochs))
     if accumulates(training):
         scheduling = {start - 1: steps for start, steps in training.accumulation_schedule or []}
         callbacks.append(AccumulationScheduler(scheduling, samples_per_epoch=len(dataset.x_train),
                                                adaptive=training.accumulation_adaptive))
     return callbacks
+
+
+def magnitude_pruning(pruning, steps, epochs):
+    """The `callbacks.MagnitudePruning` of a `training.pruning` section, its epochs in steps."""
+    from callbacks import MagnitudePruning
+
+    begin, end = pruning.epochs(epochs)
+    return MagnitudePruning(
+        final_sparsity=None if pruning.n_of_m else pruning.sparsity,
+        initial_sparsity=pruning.initial_sparsity, begin_step=begin * steps,
+        end_step=end * steps - 1, frequency=pruning.frequency, scope=pruning.scope,
+        block_size=pruning.block_size, n_of_m=pruning.n_of_m)
+
+
+def first_counted_epoch(config):
+    """The first epoch (0-based) that may be the best one: pruning's end epoch when the
+    configuration prunes, as the epochs before it are denser than the result."""
+    pruning = config.training.pruning
+    return pruning.epochs(config.training.epochs)[1] - 1 if pruning.enabled else 0
 
 
 def _settings(section):

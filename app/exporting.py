@@ -53,7 +53,7 @@ class ExportOptions:
     Args:
         precision: `"fp16"` (default; what the Neural Engine runs) or `"fp32"`.
         batch_sizes: the batch sizes the package accepts (more than one: enumerated shapes).
-        compression: `None`, `"int8"`, `"palettize6"` or `"palettize4"`.
+        compression: `None` or one of `export.COMPRESSIONS` (`sparse…` for pruned models).
         image_input: the package takes an image (`ct.ImageType`, batch 1) rather than a
             float32 tensor; its 0–255 pixels are scaled to the data's range.
         strict: fail when the Neural Engine report has errors.
@@ -130,9 +130,11 @@ def run_export(source, options):
         raise UserError(f"{package} already exists; remove it or pass --name/--output")
     model = load_model_file(found.model_path, compile=False)
     _check_classifier(model, found, options)
+    deployment_target = _deployment_target(model, options.compression)
 
     mlmodel = convert(model, found.class_labels, precision=options.precision,
-                      batch_sizes=options.batch_sizes, image_scale=_image_scale(found, options))
+                      batch_sizes=options.batch_sizes, image_scale=_image_scale(found, options),
+                      deployment_target=deployment_target)
     set_metadata(mlmodel, **_metadata(found, model, options))
     output_dir.mkdir(parents=True, exist_ok=True)
     with Staging(output_dir, merge=True) as staging:
@@ -145,22 +147,49 @@ def run_export(source, options):
     return result
 
 
+def _deployment_target(model, compression):
+    """The package's deployment target; refuses sparse storage for a model without zeros."""
+    from export.compression import (JOINT_COMPRESSIONS, JOINT_DEPLOYMENT_TARGET,
+                                    MIN_WEIGHT_SPARSITY)
+    from export.converter import DEPLOYMENT_TARGET
+
+    if compression and compression.startswith("sparse"):
+        from callbacks import model_sparsity
+
+        zeros = model_sparsity(model)["overall"]
+        if zeros < MIN_WEIGHT_SPARSITY:
+            raise UserError(
+                f"--compress {compression} stores a pruned model's zeros, but {zeros:.1%} of "
+                f"this model's kernel weights are zero (sparse storage pays from "
+                f"{MIN_WEIGHT_SPARSITY:.0%}): prune it first (python -m app prune RUN_DIR "
+                f"--sparsity 0.75) or use int8 or palettize4")
+    if compression in JOINT_COMPRESSIONS:
+        print(f"--compress {compression} uses iOS 18 / macOS 15 operations: the package's "
+              f"deployment target is {JOINT_DEPLOYMENT_TARGET}")
+        return JOINT_DEPLOYMENT_TARGET
+    return DEPLOYMENT_TARGET
+
+
 def _save_and_check(mlmodel, model, found, options, path):
     """Compresses (optionally) and saves the package at `path`, reads it back, verifies it and
     rates it; writes both reports beside it. Returns the result without its final path."""
     import coremltools
 
-    from export import (ProgramInterpreter, UnsupportedOperation, compress,
-                        outputs_probabilities, package_size, readiness_report, verify_package)
+    from export import (ProgramInterpreter, UnsupportedOperation, check_compressed_weights,
+                        compress, outputs_probabilities, package_size, readiness_report,
+                        verify_package)
 
-    uncompressed_size = None
+    uncompressed_size = uncompressed_program = None
     if options.compression:
         uncompressed = path.with_name("uncompressed.mlpackage")
         mlmodel.save(str(uncompressed))
         uncompressed_size = package_size(uncompressed)
+        uncompressed_program = ProgramInterpreter.from_package(uncompressed)
         shutil.rmtree(uncompressed)
         mlmodel = compress(mlmodel, options.compression)
     mlmodel.save(str(path))
+    # The program the package was saved from: the reference of the same compression.
+    reference = ProgramInterpreter.from_mlmodel(mlmodel) if options.compression else None
     try:
         interpreter = ProgramInterpreter.from_package(path)
     except Exception as error:  # the protobuf and blob readers raise many kinds
@@ -173,11 +202,15 @@ def _save_and_check(mlmodel, model, found, options, path):
         verification = verify_package(interpreter, model, check_inputs,
                                       options.precision, options.compression,
                                       outputs_probabilities=outputs_probabilities(model),
-                                      package_inputs=package_inputs)
+                                      package_inputs=package_inputs, reference=reference)
     except UnsupportedOperation as error:
         raise UserError(f"the package holds an operation the NumPy verifier cannot run "
                         f"({error}); it was not written") from None
     verification["data"] = found.check_description
+    if uncompressed_program is not None:
+        weights = check_compressed_weights(interpreter, uncompressed_program, options.compression)
+        verification["weights"] = weights
+        verification["passed"] = verification["passed"] and weights["passed"]
     result = {
         "size_bytes": package_size(path),
         "uncompressed_size_bytes": uncompressed_size,
@@ -339,6 +372,10 @@ def _failures(result, strict):
     if not verification["passed"] and verification["criterion"].startswith("cannot"):
         failures.append(f"verification failed: {verification['criterion']} (the model's "
                         "outputs do not depend on its inputs: train it first)")
+    elif not verification.get("weights", {"passed": True})["passed"]:
+        problems = verification["weights"]["failures"]
+        failures.append(f"verification failed: the compressed weights are not the model's "
+                        f"({len(problems)} wrong, e.g. {problems[0]})")
     elif not verification["passed"]:
         failures.append(
             f"verification failed: max |Δ logit| {verification['max_abs_logit_error']:.3g}, "

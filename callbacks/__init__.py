@@ -16,12 +16,15 @@ from callbacks.losses import (CategoricalCrossentropy, SparseCategoricalCrossent
                               categorical_crossentropy, sparse_categorical_crossentropy)
 from callbacks.lookahead import Lookahead
 from callbacks.lr_finder import LRFinder, suggest_learning_rate
+from callbacks.magnitude_pruning import (MagnitudePruning, magnitude_masks, model_sparsity,
+                                         prunable_weights)
 from callbacks.nan_guard import NaNGuard
 from callbacks.polynomial_decay import PolynomialDecay
 from callbacks.radam import RAdam
 from callbacks.reduce_lr_on_plateau import ReduceLROnPlateau, ScaledSchedule
 from callbacks.similarity_distillation import SimilarityDistillation, batch_similarity
 from callbacks.soft_target_accuracy import SoftTargetAccuracy, soft_target_accuracy
+from callbacks.sparsity_schedule import PolynomialSparsity
 from callbacks.step_decay import MultiStepDecay, StepDecay
 
 __all__ = [
@@ -37,10 +40,12 @@ __all__ = [
     "LRFinder",
     "LearningRateMonitor",
     "Lookahead",
+    "MagnitudePruning",
     "MultiStepDecay",
     "NaNGuard",
     "OneCycle",
     "PolynomialDecay",
+    "PolynomialSparsity",
     "RAdam",
     "ReduceLROnPlateau",
     "ScaledSchedule",
@@ -52,6 +57,9 @@ __all__ = [
     "Warmup",
     "batch_similarity",
     "categorical_crossentropy",
+    "magnitude_masks",
+    "model_sparsity",
+    "prunable_weights",
     "soft_target_accuracy",
     "sparse_categorical_crossentropy",
     "suggest_learning_rate",

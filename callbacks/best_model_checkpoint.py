@@ -29,6 +29,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         saved_model: the model to write instead of the trained one, e.g. the student of a
             `keras.distillation.Distiller` (not part of the config: give it again when
             rebuilding).
+        start_from_epoch: epochs (0-based) before this one are never kept, as in Keras's
+            `EarlyStopping` (e.g. while pruning still removes weights).
 
     Example:
 
@@ -39,18 +41,22 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, filepath, monitor="val_loss", mode="auto", saved_model=None):
+    def __init__(self, filepath, monitor="val_loss", mode="auto", saved_model=None,
+                 start_from_epoch=0):
         super().__init__()
         self.filepath = str(filepath)
         check_mode(mode)
         self.monitor = monitor
         self.mode = mode
         self.saved_model = saved_model
+        self.start_from_epoch = start_from_epoch
         self.best_epoch = None
         self.best_value = None
         self.direction = None
 
     def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.start_from_epoch:
+            return
         value = (logs or {}).get(self.monitor)
         if value is None:
             raise KeyError(f"BestModelCheckpoint monitors {self.monitor!r}, which is not "
@@ -72,7 +78,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
 
     def get_config(self):
-        return {"filepath": self.filepath, "monitor": self.monitor, "mode": self.mode}
+        return {"filepath": self.filepath, "monitor": self.monitor, "mode": self.mode,
+                "start_from_epoch": self.start_from_epoch}
 
     @classmethod
     def from_config(cls, config):

@@ -60,6 +60,8 @@ class Lookahead(WrappedOptimizer):
         for slow, fast in zip(self._slow_weights, fast_weights):
             slow_value, fast_value = slow.value, fast.value
             pulled = slow_value + self.slow_step_size * (fast_value - slow_value)
+            if fast.constraint is not None:  # e.g. a pruning mask, which the pull must keep
+                pulled = fast.constraint(pulled)
             slow.assign(ops.where(synchronise, pulled, slow_value))
             fast.assign(ops.where(synchronise, pulled, fast_value))
 

@@ -1,9 +1,11 @@
 """Core ML export of trained classifiers, and its checks on machines without Core ML.
 
 - `convert`, `set_metadata` (`export.converter`): Keras → ML program classifier.
-- `compress`, `package_size` (`export.compression`): int8 and palettized weights.
+- `compress`, `package_size` (`export.compression`): int8, palettized and sparse weights.
 - `ProgramInterpreter` (`export.interpreter`): runs a saved program with NumPy.
 - `verify_package` (`export.verification`): the interpreter against the Keras model.
+- `check_compressed_weights` (`export.weight_check`): a compressed package's weights against
+  the uncompressed program's.
 - `readiness_report` (`export.ane_report`): static Neural Engine rules.
 - `ExportError` and its kinds (`export.errors`): one-line messages for the application to show.
 
@@ -24,6 +26,7 @@ from export.converter import PRECISIONS, convert, outputs_probabilities, set_met
 from export.errors import ExportError, UnconvertibleModel, UnsupportedOperation
 from export.interpreter import ProgramInterpreter
 from export.verification import verify_package
+from export.weight_check import check_compressed_weights
 
 __all__ = [
     "COMPRESSIONS",
@@ -32,6 +35,7 @@ __all__ = [
     "ProgramInterpreter",
     "UnconvertibleModel",
     "UnsupportedOperation",
+    "check_compressed_weights",
     "compress",
     "convert",
     "format_report",

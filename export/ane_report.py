@@ -23,6 +23,7 @@ import numpy as np
 
 from export.coreml_private import dtype_name, holds_numbers, is_tensor
 from export.interpreter import input_vars
+from export.weight_check import decompressed_weights
 
 # Operations that only move data or that Core ML handles outside the compute graph.
 BOOKKEEPING_OPS = {"const", "cast", "classify"}
@@ -104,6 +105,11 @@ def readiness_report(interpreter):
           or _tiled_upsampling(op) > MAX_UPSAMPLING])
     return {
         **findings,
+        # Sparse weights load as zeros that the Neural Engine skips (Apple: ResNet50 on an
+        # iPhone 14 Pro, 1.52 ms dense, 1.28 ms at 75 % sparsity).
+        "weights": [{"name": op.outputs[0].name, "compression": op.op_type,
+                     "shape": list(value.shape), "sparsity": float(np.mean(value == 0))}
+                    for op, value in decompressed_weights(interpreter)],
         "counts": {
             "operations": len([op for op in operations if op.op_type != "const"]),
             "transposes": sum(op.op_type == "transpose" for op in operations),
@@ -118,6 +124,10 @@ def format_report(report):
     lines = [f"{level[:-1]}: {finding['message']}"
              for level in ("errors", "warnings") for finding in report[level]]
     counts = report["counts"]
+    weights = report.get("weights", [])
+    if weights:
+        sparsities = ", ".join(f"{weight['sparsity']:.0%}" for weight in weights)
+        lines.append(f"{len(weights)} compressed weights, zeros: {sparsities}")
     lines.append(f"{counts['operations']} operations, {counts['transposes']} transposes, "
                  f"{counts['reshapes']} reshapes")
     return "\n".join(lines)

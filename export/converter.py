@@ -41,7 +41,8 @@ def outputs_probabilities(model):
     return getattr(getattr(last, "activation", None), "__name__", None) == "softmax"
 
 
-def convert(model, class_labels, precision="fp16", batch_sizes=(1,), image_scale=None):
+def convert(model, class_labels, precision="fp16", batch_sizes=(1,), image_scale=None,
+            deployment_target=DEPLOYMENT_TARGET):
     """Converts a Keras classifier into a Core ML classifier.
 
     A model that outputs logits gets a softmax; one that already ends in a softmax
@@ -62,6 +63,8 @@ def convert(model, class_labels, precision="fp16", batch_sizes=(1,), image_scale
             give `EnumeratedShapes`, which keep the Neural Engine (open ranges do not).
         image_scale: `None` for a float32 tensor input named `input`; else the factor from
             0–255 pixels to the values the model was trained on (batch size 1 only).
+        deployment_target: the oldest OS the package runs on, a `coremltools.target` name
+            (`"iOS18"` for joint sparse compression).
 
     Returns:
         The `coremltools.models.MLModel`, not yet saved.
@@ -112,7 +115,7 @@ def convert(model, class_labels, precision="fp16", batch_sizes=(1,), image_scale
             inputs=[input_type],
             classifier_config=ct.ClassifierConfig([str(label) for label in class_labels]),
             compute_precision=compute_precision,
-            minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+            minimum_deployment_target=getattr(ct.target, deployment_target),
         )
     except Exception as error:  # coremltools raises bare exceptions of many kinds
         raise explain_conversion_error(model, error) from error

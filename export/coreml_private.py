@@ -75,3 +75,10 @@ def aggregated_pad(pad_type, kernel, input_size, strides, dilations):
     from coremltools.converters.mil.mil.ops.defs._utils import aggregated_pad as pad
 
     return pad(pad_type, kernel, input_size, strides, dilations)
+
+
+def in_memory_program(mlmodel):
+    """The MIL program that a converted (or compressed) `MLModel` holds before it is saved."""
+    if mlmodel._mil_program is None:
+        raise ValueError("the MLModel holds no MIL program (it was not converted in this process)")
+    return mlmodel._mil_program

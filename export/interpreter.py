@@ -18,7 +18,7 @@ values[interpreter.output_names[0]]
 import numpy as np
 
 from export.coreml_private import (give_value, has_value_inference, holds_numbers,
-                                   load_saved_program, numpy_dtype)
+                                   in_memory_program, load_saved_program, numpy_dtype)
 from export.errors import UnsupportedOperation
 from export.mil_kernels import KERNELS
 
@@ -52,6 +52,11 @@ class ProgramInterpreter:
         """Loads the ML program of a saved `.mlpackage` (its weights from the weight blob)."""
         program, spec = load_saved_program(path)
         return cls(program, spec=spec)
+
+    @classmethod
+    def from_mlmodel(cls, mlmodel):
+        """The program of a converted `MLModel` in memory, as it was before saving."""
+        return cls(in_memory_program(mlmodel), spec=mlmodel.get_spec())
 
     @property
     def input_names(self):

@@ -16,6 +16,13 @@ top-1 agreement that a compressed package must keep are documented in the README
 | int8 weights | — | — | ≥ 0.98 |
 | 6-bit palette | — | — | ≥ 0.97 |
 | 4-bit palette | — | — | ≥ 0.90 |
+| sparse | as fp16 or fp32 | as fp16 or fp32 | as fp16 or fp32 |
+| sparse + int8 or 4-bit palette | — | — | as int8 or 4-bit palette |
+
+Compressed weights change the function, so a compressed package's logits are compared with a
+reference of the same compression instead: the program it was saved from (`reference`), within
+the uncompressed bounds of the precision. Its weights are checked one by one against the
+model's by `export.weight_check`.
 
 A model whose outputs do not depend on the inputs (an untrained network's, say) makes every
 decision agree trivially: such a package is refused with "cannot verify decisions: constant
@@ -41,7 +48,7 @@ CONSTANT_SPREAD = 1e-6
 
 
 def verify_package(interpreter, keras_model, x, precision, compression=None,
-                   outputs_probabilities=False, package_inputs=None):
+                   outputs_probabilities=False, package_inputs=None, reference=None):
     """Runs the package's program on `x` and compares it with `keras_model`.
 
     Args:
@@ -49,11 +56,14 @@ def verify_package(interpreter, keras_model, x, precision, compression=None,
         keras_model: the Keras model that was exported.
         x: held-out inputs, shaped like the model's input with a batch axis.
         precision: `"fp16"` or `"fp32"`, the package's compute precision.
-        compression: `None`, `"int8"`, `"palettize6"` or `"palettize4"`.
+        compression: `None` or one of `export.compression.COMPRESSIONS`.
         outputs_probabilities: whether `keras_model` ends in a softmax
             (`export.converter.outputs_probabilities`) rather than outputting logits.
         package_inputs: what the package takes for the same samples, when that is not `x`
             (an image input: `(samples, channels, height, width)` pixels).
+        reference: for a compressed package, an interpreter of the program it was saved
+            from (`ProgramInterpreter.from_mlmodel`): the package's logits must be
+            its logits, within the uncompressed bounds of `precision`.
 
     Returns:
         A JSON-ready dict: `samples`, `max_abs_logit_error`, `max_abs_probability_error`,
@@ -61,8 +71,9 @@ def verify_package(interpreter, keras_model, x, precision, compression=None,
         the `criterion` applied and whether the package `passed` it.
     """
     expected = np.asarray(keras_model.predict(x, verbose=0, batch_size=256), dtype=np.float64)
-    logits, probabilities, labels = run_classifier(
-        interpreter, x if package_inputs is None else package_inputs)
+    inputs = x if package_inputs is None else package_inputs
+    logits, probabilities, labels = run_classifier(interpreter, inputs)
+    reference_logits = None if reference is None else run_classifier(reference, inputs)[0]
     if outputs_probabilities:
         expected_probabilities = expected
         # log p = logit − logsumexp: compare both sides with each row's mean taken out.
@@ -86,12 +97,14 @@ def verify_package(interpreter, keras_model, x, precision, compression=None,
         "distinct_decisions": int(len(np.unique(expected.argmax(axis=-1)))),
         "labels_consistent": bool(np.all(labels == argmax_labels)),
     }
-    minimum = MIN_TOP1_AGREEMENT[compression or precision]
+    # Sparse storage is lossless: a sparse package is judged as an uncompressed one.
+    values_compression = compression.removeprefix("sparse").lstrip("+") if compression else None
+    minimum = MIN_TOP1_AGREEMENT[values_compression or precision]
     agreement_criterion = f"top-1 agreement >= {minimum}"
     if _constant(expected):
         report["criterion"] = "cannot verify decisions: constant outputs"
         passed = False
-    elif compression is None:
+    elif not values_compression:
         atol, rtol = LOGIT_TOLERANCES[precision]
         bound = atol + rtol * float(np.max(np.abs(expected)))
         probability_bound = PROBABILITY_TOLERANCES[precision]
@@ -104,6 +117,14 @@ def verify_package(interpreter, keras_model, x, precision, compression=None,
     else:
         report["criterion"] = agreement_criterion
         passed = agreement >= minimum
+        if reference_logits is not None:
+            atol, rtol = LOGIT_TOLERANCES[precision]
+            bound = atol + rtol * float(np.max(np.abs(reference_logits)))
+            error = float(np.max(np.abs(logits - reference_logits)))
+            report["max_abs_logit_error_vs_reference"] = error
+            report["criterion"] = (f"max |Δ logit| against the compressed program <= "
+                                   f"{bound:.3g} and {agreement_criterion}")
+            passed = passed and error <= bound
     report["passed"] = bool(passed and report["labels_consistent"]
                             and np.all(np.isfinite(logits)))
     return report

@@ -7,6 +7,7 @@ test module imports another.
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,24 @@ def fit(run_cli, *overrides):
     code, out, err = run_cli(*fit_arguments(*overrides))
     assert code == 0, err
     return out
+
+
+def interrupt_at(monkeypatch, epoch, batch, signum=signal.SIGINT, times=1):
+    """Sends `signum` `times` times at the end of `batch` of `epoch` (0-based) of training."""
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, current, logs=None):
+            self.epoch = current
+
+        def on_train_batch_end(self, current, logs=None):
+            if (self.epoch, current) == (epoch, batch):
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+
+    import app.engine
+
+    train_model = app.engine.train_model
+    monkeypatch.setattr(app.engine, "train_model", lambda *args, **kwargs: train_model(
+        *args, **{**kwargs, "extra_callbacks": [Interrupt()]}))
 
 
 def only_run(runs_dir):

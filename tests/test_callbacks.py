@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from callbacks import BestModelCheckpoint, LearningRateMonitor
+from callbacks import BestModelCheckpoint, LearningRateMonitor, MagnitudePruning
 
 
 def tiny_model():
@@ -81,7 +81,9 @@ def test_learning_rate_monitor_logs_the_rate_of_each_epochs_first_update():
     np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("callback", [LearningRateMonitor(log_key="lr"), BestModelCheckpoint("b.keras", "val_accuracy")])
+@pytest.mark.parametrize("callback", [
+    LearningRateMonitor(log_key="lr"), BestModelCheckpoint("b.keras", "val_accuracy"),
+    MagnitudePruning(n_of_m=(2, 4), scope="global", begin_step=10, layer_names=["dense"])])
 def test_callbacks_serialize_and_deep_copy(callback):
     clone = type(callback).from_config(callback.get_config())
     assert clone.get_config() == callback.get_config()
@@ -98,7 +100,7 @@ def test_every_callback_survives_deepcopy_as_keras_tuner_copies_them():
         callbacks.EarlyStopping(patience=3), callbacks.ReduceLROnPlateau(patience=2),
         callbacks.LRFinder(num_steps=10), callbacks.NaNGuard(), callbacks.LearningRateMonitor(),
         callbacks.AccumulationScheduler({0: 2}), callbacks.GradientNoiseScale(data, 16),
-        callbacks.BestModelCheckpoint("best.keras"),
+        callbacks.BestModelCheckpoint("best.keras"), callbacks.MagnitudePruning(0.5),
     ]
     exported = {name for name in callbacks.__all__
                 if isinstance(getattr(callbacks, name), type)

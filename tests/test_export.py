@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.helpers import BACKEND, FAST, run_subprocess, without_tensorflow_startup_lines
@@ -358,3 +359,121 @@ def test_an_rgb_model_takes_an_rgb_image(run_cli, tmp_path):
     assert (image.type.imageType.height, image.type.imageType.width) == (12, 16)
     verification = json.loads((tmp_path / "rgb-image.verification.json").read_text())
     assert verification["passed"] and verification["data"] == "random inputs"
+
+
+def pruned_copy(run_dir, tmp_path, sparsity=0.8):
+    """A copy of the run whose kernels have their smallest `sparsity` set to zero."""
+    import keras
+
+    from callbacks import magnitude_masks, prunable_weights
+
+    target = copy_of(run_dir, tmp_path)
+    model = keras.saving.load_model(target / "best.keras")
+    kernels = prunable_weights(model)
+    masks = magnitude_masks([kernel.numpy() for kernel in kernels], sparsity)
+    for kernel, mask in zip(kernels, masks):
+        kernel.assign(kernel.numpy() * mask)
+    (target / "best.keras").unlink()
+    model.save(target / "best.keras")
+    return target
+
+
+def flip_bytes(blob, count=200, seed=0):
+    """The weight blob with `count` bytes of its largest stored array inverted (the values of
+    the largest kernel: a sparse package's mask is smaller, and the reader itself rejects a
+    mask whose bits no longer count the values)."""
+    blob = bytearray(blob)
+    sentinel = (0xDEADBEEF).to_bytes(4, "little")
+    regions, start = [], blob.find(sentinel)
+    while start >= 0:
+        size = int.from_bytes(blob[start + 8:start + 16], "little")
+        offset = int.from_bytes(blob[start + 16:start + 24], "little")
+        regions.append(range(offset, offset + size))
+        start = blob.find(sentinel, start + 4)
+    largest = max(regions, key=len)
+    for position in np.random.default_rng(seed).choice(largest, size=count, replace=False):
+        blob[position] ^= 0xFF
+    return bytes(blob)
+
+
+@pytest.mark.slow
+@tensorflow_only
+@pytest.mark.parametrize("mode", ["sparse", "sparse+palettize4", "sparse+int8"])
+def test_a_pruned_model_exports_sparse_and_the_weights_are_checked(mode, trained_run, tmp_path,
+                                                                   run_cli):
+    run_dir = pruned_copy(trained_run, tmp_path)
+    code, out, err = run_cli("export", str(run_dir), "--compress", mode)
+    assert code == 0, err
+    verification = json.loads((run_dir / f"student-{mode}.verification.json").read_text())
+    assert verification["passed"] and verification["weights"]["passed"]
+    assert verification["weights"]["weights"] >= 3 and "checked against the model's: all" in out
+    report = json.loads((run_dir / f"student-{mode}.ane.json").read_text())
+    assert [round(weight["sparsity"], 1) for weight in report["weights"]] == [0.8] * len(
+        report["weights"])
+    spec = ct.utils.load_spec(str(run_dir / f"student-{mode}.mlpackage"))
+    joint = mode != "sparse"
+    assert ("iOS 18" in out) == joint
+    assert spec.specificationVersion == (9 if joint else 8)  # iOS 18 / iOS 17
+    if mode == "sparse":  # lossless: judged as fp16
+        assert verification["max_abs_logit_error"] < 5e-2
+
+
+@tensorflow_only
+def test_sparse_export_of_a_dense_model_says_to_prune_first(trained_run, tmp_path, run_cli):
+    code, _, err = run_cli("export", str(copy_of(trained_run, tmp_path)), "--compress", "sparse")
+    assert code == 2 and "prune it first (python -m app prune RUN_DIR" in err
+
+
+@tensorflow_only
+@pytest.mark.parametrize("mode", ["int8", "palettize4", "sparse", "sparse+palettize4",
+                                  "sparse+int8"])
+def test_flipped_bytes_in_compressed_weights_fail_the_gate(mode, trained_run, tmp_path, run_cli,
+                                                           monkeypatch):
+    # 60 % zeros: a 4-bit palette's indices then outweigh the mask (see `flip_bytes`).
+    run_dir = (pruned_copy(trained_run, tmp_path, sparsity=0.6) if mode.startswith("sparse")
+               else copy_of(trained_run, tmp_path))
+    load = ProgramInterpreter.from_package.__func__
+
+    def corrupt_then_load(cls, path):
+        if not path.name.startswith("uncompressed"):  # the package itself
+            weights = next((path / "Data").rglob("weight.bin"))
+            weights.write_bytes(flip_bytes(weights.read_bytes()))
+        return load(cls, path)
+
+    monkeypatch.setattr(ProgramInterpreter, "from_package", classmethod(corrupt_then_load))
+    before = sorted(path.name for path in run_dir.iterdir())
+    code, _, err = run_cli("export", str(run_dir), "--compress", mode)
+    assert code == 1, err
+    error = err.strip().splitlines()[-1]
+    assert error.startswith("error: verification failed: the compressed weights are not the "
+                            "model's") and error.endswith("nothing was written"), err
+    assert sorted(path.name for path in run_dir.iterdir()) == before
+
+
+@tensorflow_only
+def test_a_flipped_uncompressed_weight_of_a_compressed_package_fails_on_logits(
+        trained_run, tmp_path, run_cli, monkeypatch):
+    """A bias is too small to compress; the weight check does not see it, the comparison with
+    the program the package was saved from does."""
+    run_dir = copy_of(trained_run, tmp_path)
+    load = ProgramInterpreter.from_package.__func__
+
+    def corrupt_then_load(cls, path):
+        if not path.name.startswith("uncompressed"):
+            biases = [op.outputs[0].val for op in load(cls, path).operations
+                      if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
+                      and op.outputs[0].val.dtype == np.float16 and op.outputs[0].val.size >= 8]
+            weights = next((path / "Data").rglob("weight.bin"))
+            blob = weights.read_bytes()
+            start = blob.find(biases[-1].tobytes())
+            assert start > 0
+            weights.write_bytes(blob[:start] + bytes(b ^ 0xFF for b in blob[start:start + 4])
+                                + blob[start + 4:])
+        return load(cls, path)
+
+    monkeypatch.setattr(ProgramInterpreter, "from_package", classmethod(corrupt_then_load))
+    code, _, err = run_cli("export", str(run_dir), "--compress", "int8")
+    assert code == 1, err
+    error = err.strip().splitlines()[-1]
+    assert error.startswith("error: verification failed: max |Δ logit|")
+    assert "against the compressed program" in error and error.endswith("nothing was written")

@@ -20,25 +20,9 @@ import app.engine
 import app.rundir
 from app.errors import UserError
 from app.resuming import check_resumable, load_training_state
-from tests.helpers import BACKEND, REPO, fit, fit_arguments, run_subprocess
+from tests.helpers import BACKEND, REPO, fit, fit_arguments, interrupt_at, run_subprocess
 
 SETTINGS = ("training.epochs=4", "output.timestamp=false")
-
-
-def interrupt_at(monkeypatch, epoch, batch, signum=signal.SIGINT, times=1):
-    """Sends `signum` `times` times at the end of `batch` of `epoch` (0-based) of training."""
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, current, logs=None):
-            self.epoch = current
-
-        def on_train_batch_end(self, current, logs=None):
-            if (self.epoch, current) == (epoch, batch):
-                for _ in range(times):
-                    os.kill(os.getpid(), signum)
-
-    train_model = app.engine.train_model
-    monkeypatch.setattr(app.engine, "train_model", lambda *args, **kwargs: train_model(
-        *args, **{**kwargs, "extra_callbacks": [Interrupt()]}))
 
 
 def assert_same_run(reference, resumed):

@@ -8,8 +8,8 @@ Adding a command: a module here and one entry in `COMMANDS`.
 """
 
 from app.commands import (augment_preview, distill, doctor, evaluate, export, fit, info, lr_find,
-                          make_dataset, runs, tune)
+                          make_dataset, prune, runs, tune)
 
 # In the order `python -m app --help` lists them.
-COMMANDS = (fit, tune, lr_find, distill, doctor, evaluate, export, make_dataset, augment_preview,
-            runs, info)
+COMMANDS = (fit, tune, lr_find, distill, prune, doctor, evaluate, export, make_dataset,
+            augment_preview, runs, info)

@@ -28,7 +28,8 @@ def add_parser(commands):
                         help="batch sizes the package accepts (default: 1; several give "
                              "enumerated shapes)")
     parser.add_argument("--compress", choices=COMPRESSIONS,
-                        help="compress the weights: int8, palettize6 or palettize4")
+                        help="compress the weights: int8, palettize6, palettize4; for a "
+                             "pruned model sparse, sparse+palettize4 or sparse+int8 (iOS 18)")
     parser.add_argument("--input", choices=("tensor", "image"), default="tensor",
                         help="what the package takes: a float32 tensor (default) or an image "
                              "(RGB or grayscale pixels, batch 1, for Vision and "
@@ -93,6 +94,11 @@ def print_export(result):
           f"{verification['max_abs_logit_error']:.3g}, top-1 agreement "
           f"{verification['top1_agreement']:.4f} on {verification['samples']} samples "
           f"({verification['data']}; {verification['criterion']})")
+    if "weights" in verification:
+        weights = verification["weights"]
+        print(f"{'':<18}{weights['weights']} compressed weights checked against the model's: "
+              f"{'all' if weights['passed'] else len(weights['failures'])} "
+              f"{'match' if weights['passed'] else 'wrong'}")
     lines = [*format_report(result["neural_engine"]).splitlines(),
              "(static rules: placement is confirmed on a Mac with MLComputePlan)"]
     print("\n".join(f"{'neural engine' if index == 0 else '':<18}{line}"

@@ -270,6 +270,47 @@ class FineTuneConfig:
 
 
 @dataclasses.dataclass
+class PruningConfig:
+    """Magnitude pruning during `fit` (`callbacks.MagnitudePruning`): from `begin_epoch` to
+    `end_epoch` (`null`: three quarters of `training.epochs`) the smallest kernel weights are
+    removed every `frequency` batches until `sparsity` of them are zero (Zhu & Gupta's cubic
+    schedule); the epochs after it fine-tune the pruned network. `n_of_m: [2, 4]` keeps the 2
+    largest of every 4 inputs instead of a sparsity. The best epoch and early stopping count
+    only epochs after `end_epoch`, when the network is as sparse as it will be."""
+
+    sparsity: Optional[float] = option(None, low=0.0, high=1.0, high_open=True)
+    initial_sparsity: float = option(0.0, low=0.0, high=1.0, high_open=True)
+    begin_epoch: int = option(0, low=0)
+    end_epoch: Optional[int] = option(None, low=1)
+    frequency: int = option(50, low=1)
+    scope: str = option("layer", choices=["layer", "global"])
+    block_size: Optional[int] = option(None, low=2)
+    n_of_m: Optional[list[int]] = option(None)
+
+    @property
+    def enabled(self):
+        return self.sparsity is not None or self.n_of_m is not None
+
+    def check(self, prefix):
+        if self.sparsity is not None and self.n_of_m is not None:
+            raise UserError(f"set {prefix}sparsity or {prefix}n_of_m, not both")
+        if self.n_of_m is not None and (len(self.n_of_m) != 2
+                                        or not 0 < self.n_of_m[0] < self.n_of_m[1]):
+            raise UserError(f"{prefix}n_of_m must be [n, m] with 0 < n < m, e.g. [2, 4]; "
+                            f"got {self.n_of_m}")
+        if self.block_size is not None and self.n_of_m is not None:
+            raise UserError(f"set {prefix}block_size or {prefix}n_of_m, not both")
+        if self.sparsity is not None and self.initial_sparsity > self.sparsity:
+            raise UserError(f"{prefix}initial_sparsity must not exceed {prefix}sparsity; got "
+                            f"{self.initial_sparsity} and {self.sparsity}")
+
+    def epochs(self, training_epochs):
+        """`(begin_epoch, end_epoch)` with the default end filled in."""
+        end = self.end_epoch or max(self.begin_epoch + 1, round(0.75 * training_epochs))
+        return self.begin_epoch, end
+
+
+@dataclasses.dataclass
 class TrainingConfig:
     """The training loop. At most one of the three clipping keys may be set."""
 
@@ -288,6 +329,7 @@ class TrainingConfig:
     # `fit` saves the training state at every epoch's end, and within an epoch this often.
     checkpoint_minutes: Optional[float] = option(None, low=0.0, low_open=True)
     fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
+    pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
 
     def check(self, prefix):
         schedule = self.accumulation_schedule or []
@@ -299,6 +341,11 @@ class TrainingConfig:
                             f"set {prefix}noise_scale: true too")
         clipping = [name for name in ("clip_value", "clip_norm", "global_clip_norm")
                     if getattr(self, name) is not None]
+        if self.pruning.enabled:
+            begin, end = self.pruning.epochs(self.epochs)
+            if not begin < end <= self.epochs:
+                raise UserError(f"{prefix}pruning needs begin_epoch < end_epoch <= "
+                                f"{prefix}epochs; got {begin}, {end} and {self.epochs}")
         if len(clipping) > 1:
             raise UserError(f"set at most one of {prefix}clip_value, {prefix}clip_norm and "
                             f"{prefix}global_clip_norm; got {', '.join(clipping)}")
