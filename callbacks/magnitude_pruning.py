@@ -37,7 +37,8 @@ SCOPES = ("layer", "global")
 
 
 def prunable_weights(model, layer_names=None):
-    """The kernels that `MagnitudePruning` prunes, in the model's order.
+    """The kernels that `MagnitudePruning` prunes, in the model's order: those of dense,
+    convolution and depthwise layers that train (a frozen body's are left alone).
 
     Args:
         model: a built Keras model.
@@ -47,8 +48,9 @@ def prunable_weights(model, layer_names=None):
     for layer in model._flatten_layers(include_self=False):
         if layer_names is not None and layer.name not in layer_names:
             continue
-        for variable in layer._trainable_variables:
-            if variable.name in PRUNABLE_NAMES and len(variable.shape) >= 2:
+        for variable in layer._trainable_variables:  # the layer's own, not its sublayers'
+            if (variable.trainable and variable.name in PRUNABLE_NAMES
+                    and len(variable.shape) >= 2):
                 chosen.append(variable)
     return chosen
 

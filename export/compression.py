@@ -6,8 +6,8 @@
 | `palettize6` | 6-bit indices into a 64-entry k-means palette | `constexpr_lut_to_dense` |
 | `palettize4` | 4-bit indices into a 16-entry k-means palette | `constexpr_lut_to_dense` |
 | `sparse` | a bit mask and the non-zero values | `constexpr_sparse_to_dense` |
-| `sparse+palettize4` | a bit mask and 4-bit indices of the non-zero values (iOS 18) | `constexpr_lut_to_sparse` |
-| `sparse+int8` | a bit mask and 8-bit non-zero values (iOS 18) | `constexpr_sparse_blockwise_shift_scale` |
+| `sparse+palettize4` | a mask and 4-bit indices of the non-zeros (iOS 18) | `constexpr_lut_to_sparse` |
+| `sparse+int8` | a mask and 8-bit non-zeros (iOS 18) | `constexpr_sparse_blockwise_shift_scale` |
 
 Compute stays in the package's precision; only storage shrinks, so the Neural Engine still runs
 it. The weights are decompressed when the model loads. `sparse` keeps the model's own zeros (a

@@ -148,7 +148,7 @@ def test_each_command_module_registers_its_handler(command, capsys):
         parser.parse_args([name, "--help"])
     assert exit_info.value.code == 0 and f"usage: app {name}" in capsys.readouterr().out
     required = {"evaluate": ["run"], "export": ["run"], "distill": ["--teacher", "run"],
-                "make-dataset": ["shapes", "folder"]}
+                "make-dataset": ["shapes", "folder"], "prune": ["run", "--sparsity", "0.5"]}
     arguments = parser.parse_args([name, *required.get(name, [])])
     assert arguments.handler is command.handle
 

@@ -425,8 +425,9 @@ def test_sparse_export_of_a_dense_model_says_to_prune_first(trained_run, tmp_pat
 
 
 @tensorflow_only
-@pytest.mark.parametrize("mode", ["int8", "palettize4", "sparse", "sparse+palettize4",
-                                  "sparse+int8"])
+@pytest.mark.parametrize("mode", [
+    "int8", "sparse", *(pytest.param(mode, marks=pytest.mark.slow)
+                        for mode in ("palettize4", "sparse+palettize4", "sparse+int8"))])
 def test_flipped_bytes_in_compressed_weights_fail_the_gate(mode, trained_run, tmp_path, run_cli,
                                                            monkeypatch):
     # 60 % zeros: a 4-bit palette's indices then outweigh the mask (see `flip_bytes`).
@@ -450,6 +451,7 @@ def test_flipped_bytes_in_compressed_weights_fail_the_gate(mode, trained_run, tm
     assert sorted(path.name for path in run_dir.iterdir()) == before
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_a_flipped_uncompressed_weight_of_a_compressed_package_fails_on_logits(
         trained_run, tmp_path, run_cli, monkeypatch):

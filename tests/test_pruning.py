@@ -19,7 +19,8 @@ from tests.helpers import fit, fit_arguments, interrupt_at, run_subprocess
 
 
 def tfmot_sparsity(step, initial, final, begin, end, power=3):
-    """tensorflow_model_optimization's PolynomialDecay.__call__ (sparsity/keras/pruning_schedule.py)."""
+    """tensorflow_model_optimization's `PolynomialDecay.__call__`
+    (tensorflow_model_optimization/python/core/sparsity/keras/pruning_schedule.py)."""
     p = min(1.0, max(0.0, (step - begin) / (end - begin)))
     return final + (initial - final) * (1 - p) ** power
 
@@ -123,6 +124,7 @@ def test_pruning_takes_hold_after_an_unpruned_fit_and_lets_go_after_its_own():
     assert model_sparsity(model)["overall"] < 0.01
 
 
+@pytest.mark.slow
 def test_a_pruned_model_saves_without_pruning_and_loads_in_plain_keras(tmp_path):
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(1).normal(size=(64, 12)).astype(np.float32)
@@ -163,6 +165,9 @@ def test_bad_pruning_settings_are_one_line(run_cli):
                            "--set", "training.pruning.sparsity=0.5",
                            "--set", "training.pruning.end_epoch=5")
     assert code == 2 and "pruning needs begin_epoch < end_epoch <= training.epochs" in err
+    code, _, err = run_cli("fit", "--set", "training.pruning.sparsity=0.5",
+                           "--set", "training.fine_tune.epochs=2")
+    assert code == 2 and "fine-tune first, then prune the run with python -m app prune" in err
 
 
 @pytest.mark.slow

@@ -125,6 +125,9 @@ def _check_supported(config):
     if config.training.noise_scale:
         raise UserError("training.noise_scale measures the label loss alone and does not "
                         "apply to distill; set it to false")
+    if config.training.pruning.enabled:
+        raise UserError("training.pruning does not apply to distill; prune the distilled "
+                        "student afterwards: python -m app prune RUN_DIR --sparsity S")
     if config.training.fine_tune.enabled:
         raise UserError("training.fine_tune does not apply to distill yet (the student trains "
                         "whole); set training.fine_tune.epochs to null")

@@ -341,6 +341,10 @@ class TrainingConfig:
                             f"set {prefix}noise_scale: true too")
         clipping = [name for name in ("clip_value", "clip_norm", "global_clip_norm")
                     if getattr(self, name) is not None]
+        if self.pruning.enabled and self.fine_tune.enabled:
+            raise UserError(f"{prefix}pruning prunes the layers that train, and fine-tuning "
+                            f"freezes the body for its first phase: fine-tune first, then "
+                            f"prune the run with python -m app prune RUN_DIR --sparsity S")
         if self.pruning.enabled:
             begin, end = self.pruning.epochs(self.epochs)
             if not begin < end <= self.epochs:
