@@ -160,7 +160,7 @@ class TrialReporting:
     trial_limit = None
     _trials_run = 0
     _interrupt_pending = False
-    _previous_sigint_handler = None
+    _holding = False
 
     def search(self, *args, **kwargs):
         from keras_tuner.src import config as tuner_config
@@ -168,11 +168,14 @@ class TrialReporting:
         # KerasTuner prints every failed trial's traceback; the progress line shows its
         # reason and the trial's trial.json keeps the traceback.
         debug, tuner_config.DEBUG = tuner_config.DEBUG, False
+        previous = self._catch_interrupts()
         try:
             return super().search(*args, **kwargs)
         finally:
             tuner_config.DEBUG = debug
-            self._release_interrupts(raise_pending=False)
+            self._holding = self._interrupt_pending = False
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     def run_trial(self, trial, *args, **kwargs):
         started = time.perf_counter()
@@ -215,21 +218,28 @@ class TrialReporting:
             jax.clear_caches()
         self._release_interrupts()
 
-    def _hold_interrupts(self):
-        if (self._previous_sigint_handler is not None
-                or threading.current_thread() is not threading.main_thread()
+    def _catch_interrupts(self):
+        """Takes Ctrl-C for the search (from the main thread, when nobody else has); returns
+        the handler to put back, or `None`."""
+        if (threading.current_thread() is not threading.main_thread()
                 or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-            return
-        self._previous_sigint_handler = signal.signal(signal.SIGINT, self._note_interrupt)
+            return None
+        return signal.signal(signal.SIGINT, self._on_interrupt)
 
-    def _note_interrupt(self, signum, frame):
+    def _on_interrupt(self, signum, frame):
+        # Noted, so that the next trial boundary raises it if it is held now, or if the
+        # KeyboardInterrupt raised here lands in a callback that swallows it (a garbage
+        # collection callback does: "Exception ignored in ...").
         self._interrupt_pending = True
+        if not self._holding:
+            raise KeyboardInterrupt
 
-    def _release_interrupts(self, raise_pending=True):
-        if self._previous_sigint_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint_handler)
-            self._previous_sigint_handler = None
-        if self._interrupt_pending and raise_pending:
+    def _hold_interrupts(self):
+        self._holding = True
+
+    def _release_interrupts(self):
+        self._holding = False
+        if self._interrupt_pending:
             self._interrupt_pending = False
             raise KeyboardInterrupt
 

@@ -109,20 +109,27 @@ def test_compression_shrinks_the_package_and_keeps_the_decisions(mode, trained_r
             < package_size(run_dir / "student.mlpackage"))
 
 
-def zero_the_weights(blob):
-    """The weight blob with every weight's data set to zero (its headers intact).
+def weight_regions(blob):
+    """The byte ranges of the stored arrays of a weight blob.
 
-    Each weight's metadata starts with the sentinel 0xDEADBEEF, then its dtype (uint32),
-    size in bytes (uint64) and the offset of its data (uint64).
+    Each array's metadata starts with the sentinel 0xDEADBEEF, then its dtype (uint32), size
+    in bytes (uint64) and the offset of its data (uint64).
     """
-    blob = bytearray(blob)
     sentinel = (0xDEADBEEF).to_bytes(4, "little")
-    start = blob.find(sentinel)
+    regions, start = [], blob.find(sentinel)
     while start >= 0:
         size = int.from_bytes(blob[start + 8:start + 16], "little")
         offset = int.from_bytes(blob[start + 16:start + 24], "little")
-        blob[offset:offset + size] = bytes(size)
+        regions.append(range(offset, offset + size))
         start = blob.find(sentinel, start + 4)
+    return regions
+
+
+def zero_the_weights(blob):
+    """The weight blob with every weight's data set to zero (its headers intact)."""
+    blob = bytearray(blob)
+    for region in weight_regions(blob):
+        blob[region.start:region.stop] = bytes(len(region))
     return bytes(blob)
 
 
@@ -383,14 +390,7 @@ def flip_bytes(blob, count=200, seed=0):
     the largest kernel: a sparse package's mask is smaller, and the reader itself rejects a
     mask whose bits no longer count the values)."""
     blob = bytearray(blob)
-    sentinel = (0xDEADBEEF).to_bytes(4, "little")
-    regions, start = [], blob.find(sentinel)
-    while start >= 0:
-        size = int.from_bytes(blob[start + 8:start + 16], "little")
-        offset = int.from_bytes(blob[start + 16:start + 24], "little")
-        regions.append(range(offset, offset + size))
-        start = blob.find(sentinel, start + 4)
-    largest = max(regions, key=len)
+    largest = max(weight_regions(blob), key=len)
     for position in np.random.default_rng(seed).choice(largest, size=count, replace=False):
         blob[position] ^= 0xFF
     return bytes(blob)

@@ -87,7 +87,7 @@ def run_prune(arguments, rewind_epoch):
     dataset = load_run_dataset(source, config, remedy="retrain the run on the current data")
     check_model_fits_data(config.model, dataset)
     name = arguments.name or f"{source.resolve().name}-pruned{round(arguments.sparsity * 100)}"
-    output = dataclasses.replace(config.output, name=arguments.name or name)
+    output = dataclasses.replace(config.output, name=name)
     config = resolve_config(dataclasses.replace(config, output=output), name)
 
     import callbacks  # noqa: F401  (registers what the run's model holds)
