@@ -424,10 +424,10 @@ def test_sparse_export_of_a_dense_model_says_to_prune_first(trained_run, tmp_pat
     assert code == 2 and "prune it first (python -m app prune RUN_DIR" in err
 
 
+@pytest.mark.slow
 @tensorflow_only
-@pytest.mark.parametrize("mode", [
-    "int8", "sparse", *(pytest.param(mode, marks=pytest.mark.slow)
-                        for mode in ("palettize4", "sparse+palettize4", "sparse+int8"))])
+@pytest.mark.parametrize("mode", ["int8", "sparse", "palettize4", "sparse+palettize4",
+                                  "sparse+int8"])
 def test_flipped_bytes_in_compressed_weights_fail_the_gate(mode, trained_run, tmp_path, run_cli,
                                                            monkeypatch):
     # 60 % zeros: a 4-bit palette's indices then outweigh the mask (see `flip_bytes`).

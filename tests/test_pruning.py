@@ -87,10 +87,11 @@ class ZerosAt(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("optimizer", [
     lambda: keras.optimizers.Adam(0.05),
-    lambda: keras.optimizers.SGD(0.1, momentum=0.9),
-    lambda: keras.optimizers.AdamW(0.05, use_ema=True, ema_overwrite_frequency=3),
-    lambda: Lookahead(keras.optimizers.Adam(0.05), sync_period=3),
-    lambda: GradientAccumulation(keras.optimizers.Adam(0.05), steps=3),
+    *(pytest.param(make, marks=pytest.mark.slow) for make in (
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        lambda: keras.optimizers.AdamW(0.05, use_ema=True, ema_overwrite_frequency=3),
+        lambda: Lookahead(keras.optimizers.Adam(0.05), sync_period=3),
+        lambda: GradientAccumulation(keras.optimizers.Adam(0.05), steps=3))),
 ], ids=["adam", "sgd-momentum", "adamw-ema", "lookahead", "accumulation"])
 def test_pruned_weights_stay_exactly_zero_however_the_optimizer_moves(optimizer):
     keras.utils.set_random_seed(0)
