@@ -62,22 +62,12 @@ def rounds_through(levels, rate):
     return sparsities
 
 
-def initial_weights(config, dataset, seed):
-    import keras
-
-    from app.engine import build_compiled_model
-    from callbacks.training_state import to_numpy
-
-    keras.utils.set_random_seed(seed)
-    return to_numpy([weight.value for weight in build_compiled_model(config, dataset).weights])
-
-
 def run_seed(overrides, seed, levels, rate, folder):
     from app.config import load_config
     from app.data import load_dataset
     from app.engine import resolve_config, train_and_test
     from app.model_files import load_model_file
-    from app.pruning import round_config, starting_from
+    from app.pruning import rewound_weights, round_config, starting_from
     from callbacks import magnitude_masks, prunable_weights
     from callbacks.training_state import to_numpy
 
@@ -97,8 +87,8 @@ def run_seed(overrides, seed, levels, rate, folder):
     _, dense_metrics = train_and_test(config, dataset, path)
     dense = load_model_file(path)
     results = {"dense": dense_metrics["test"]["accuracy"]}
-    initial = initial_weights(config, dataset, config.seed)
-    other = initial_weights(config, dataset, config.seed + 1000)
+    initial = rewound_weights(config, dataset, 0)
+    other = rewound_weights(dataclasses.replace(config, seed=config.seed + 1000), dataset, 0)
     trained_weights = to_numpy([weight.value for weight in dense.weights])
     masks, current = None, dense
     for sparsity in rounds_through(levels, rate):
