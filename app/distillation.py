@@ -70,7 +70,9 @@ def build_distiller(teacher, student, distillation, metrics=None):
         distillation_loss_weights=weights, student_loss_weight=distillation.alpha)
     if metrics is None:
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    distiller.compile(optimizer=student.optimizer, loss=student.loss, metrics=metrics)
+    distiller.compile(optimizer=student.optimizer, loss=student.loss, metrics=metrics,
+                      steps_per_execution=student.steps_per_execution,
+                      jit_compile=student.jit_compile)
     return distiller
 
 

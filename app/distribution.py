@@ -5,6 +5,9 @@ scope that the model, its optimizer and metrics are built in.
   variables in the strategy's scope and splits every batch over its replicas.
   (`keras.distribution` is a silent no-op on TensorFlow, so it is not used there.)
 - `data-parallel` is `keras.distribution.DataParallel` over all devices (JAX backend).
+- `model-parallel` is `keras.distribution.ModelParallel` on a `batch` × `model` device mesh
+  (JAX backend): the batch is split along `batch`, and each kernel as its layout says along
+  `model` (`model_parallel_layout`).
 - The torch backend has no multi-device support in Keras 3: asking for it is an error.
 
 `training.batch_size` is the global batch: each of N devices computes on batch_size / N
@@ -13,7 +16,8 @@ rate.
 
 ```python
 check_distribution(config.distribution, "jax")      # before Keras starts
-devices = start_distribution(config.distribution)   # after
+devices = start_distribution(config.distribution,   # after; model-parallel lays out
+                             variables=lambda: variable_shapes(config, dataset))
 with devices.scope():
     model = build_compiled_model(config, dataset, devices)
 ```
@@ -21,13 +25,16 @@ with devices.scope():
 
 import contextlib
 import dataclasses
+import re
 
 import numpy as np
 
 from app.errors import UserError
 
 # The backend each strategy runs on.
-STRATEGY_BACKENDS = {"mirrored": "tensorflow", "tpu": "tensorflow", "data-parallel": "jax"}
+STRATEGY_BACKENDS = {"mirrored": "tensorflow", "tpu": "tensorflow", "data-parallel": "jax",
+                     "model-parallel": "jax"}
+MESH_AXES = ("batch", "model")
 TORCH_MESSAGE = (
     "Keras 3 has no multi-device training on the torch backend (keras.distribution raises "
     "there); use --backend jax --distribution data-parallel or --backend tensorflow "
@@ -43,11 +50,15 @@ class Devices:
         strategy: the configured strategy name.
         replicas: how many devices share each batch.
         tf_strategy: the `tf.distribute.Strategy` of `mirrored` and `tpu`, else `None`.
+        mesh: `model-parallel`'s `{"batch": B, "model": M}`, else `None`.
+        layout: `model-parallel`'s axes per variable path (`None`: not sharded), else `None`.
     """
 
     strategy: str = "none"
     replicas: int = 1
     tf_strategy: object = None
+    mesh: dict = None
+    layout: dict = None
 
     def scope(self):
         """The context to build models, optimizers and metrics in."""
@@ -92,7 +103,24 @@ class Devices:
         return dataclasses.replace(dataset, **even)
 
     def describe(self):
-        return {"strategy": self.strategy, "replicas": self.replicas}
+        description = {"strategy": self.strategy, "replicas": self.replicas}
+        if self.mesh is not None:
+            description.update(mesh=self.mesh, layout=self.layout)
+        return description
+
+    def sharding_lines(self, shapes):
+        """How `model-parallel` shards each variable, a line each (`shapes`: path → shape)."""
+        if self.layout is None:
+            return []
+        mesh = " × ".join(f"{axis} {size}" for axis, size in self.mesh.items())
+        lines = [f"model-parallel on a mesh of {mesh}:"]
+        width = max(len(path) for path in self.layout)
+        for path, axes in self.layout.items():
+            shape = "×".join(str(size) for size in shapes[path])
+            sharding = ("replicated" if axes is None else
+                        "(" + ", ".join(axis or "·" for axis in axes) + ")")
+            lines.append(f"  {path:<{width}}  {shape:<14} {sharding}")
+        return lines
 
 
 def check_distribution(distribution_config, backend):
@@ -116,21 +144,29 @@ def check_distribution(distribution_config, backend):
                         f"use --backend {needed}, or --distribution {other} on {backend}")
 
 
-def start_distribution(distribution_config):
+def start_distribution(distribution_config, variables=None):
     """Connects to the devices of the configured strategy; returns the `Devices`.
 
+    Args:
+        distribution_config: the `distribution` section.
+        variables: for `model-parallel`, a function returning the model's `{path: shape}`
+            (`app.engine.variable_shapes`), which the layout is made for.
+
     Raises:
-        UserError: when the TPU cannot be reached (never a silent single-device fallback).
+        UserError: when the TPU cannot be reached (never a silent single-device fallback),
+            or a mesh or layout that does not fit the devices or the model.
     """
     strategy = distribution_config.strategy
     if strategy == "none":
         return Devices()
-    if strategy == "data-parallel":
+    if strategy in ("data-parallel", "model-parallel"):
         import keras
 
         devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return Devices(strategy, len(devices))
+        if strategy == "data-parallel":
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            return Devices(strategy, len(devices))
+        return _start_model_parallel(distribution_config, devices, variables())
     import tensorflow as tf
 
     if strategy == "mirrored":
@@ -143,7 +179,7 @@ def start_distribution(distribution_config):
 
 def stop_distribution(devices):
     """Undoes what `start_distribution` set globally (JAX's default distribution)."""
-    if devices.strategy == "data-parallel":
+    if devices.strategy in ("data-parallel", "model-parallel"):
         import keras
 
         keras.distribution.set_distribution(None)
@@ -163,3 +199,78 @@ def _connect_tpu(name):
         raise UserError(f"--distribution tpu: no TPU {where} ({type(error).__name__}: {detail}); "
                         "run on a Cloud TPU VM (see the README) or use --distribution none"
                         ) from None
+
+
+def model_parallel_layout(mesh, shapes, user_layout=None):
+    """The axes each variable is sharded along, `None` where it is replicated.
+
+    Without `user_layout`, every kernel (dense: `(in, out)`; convolution: `(h, w, in, out)`)
+    is split along its output axis over `model` where that divides evenly; everything else is
+    replicated. `user_layout` maps patterns to axes instead; as in Keras's `LayoutMap`, a
+    pattern must match a variable's whole path (`re.fullmatch`).
+
+    Args:
+        mesh: `{"batch": B, "model": M}`.
+        shapes: `{path: shape}` of the model's variables.
+        user_layout: `distribution.layout`, `{pattern: [axis or None, ...] or None}` (`None`:
+            replicated), or `None` for the built-in layout.
+
+    Raises:
+        UserError: a pattern that matches no variable, or two patterns for one variable, or
+            axes that do not fit a variable's shape.
+    """
+    if user_layout is None:
+        model = mesh["model"]
+        return {path: (*[None] * (len(shape) - 1), "model")
+                if path.endswith("/kernel") and len(shape) in (2, 4) and shape[-1] % model == 0
+                else None for path, shape in shapes.items()}
+    layout, claimed = dict.fromkeys(shapes), {}
+    for pattern, axes in user_layout.items():
+        matched = [path for path in shapes if re.fullmatch(pattern, path)]
+        if not matched:
+            example = next(iter(shapes))
+            raise UserError(f"distribution.layout pattern {pattern!r} matches no variable; a "
+                            f"pattern matches a whole path such as {example!r} (use "
+                            f"'.*{pattern}' to match its end)")
+        for path in matched:
+            if path in claimed:
+                raise UserError(f"distribution.layout: {path} matches two patterns, "
+                                f"{claimed[path]!r} and {pattern!r}; make them exclusive")
+            claimed[path] = pattern
+            if axes is not None:  # null: replicated
+                layout[path] = _checked_axes(pattern, axes, path, shapes[path], mesh)
+    return layout
+
+
+def _checked_axes(pattern, axes, path, shape, mesh):
+    where = f"distribution.layout {pattern!r} (matching {path}, shape {shape})"
+    if not isinstance(axes, list) or len(axes) != len(shape):
+        raise UserError(f"{where} needs a list of {len(shape)} axes (batch, model or null); "
+                        f"got {axes!r}")
+    for size, axis in zip(shape, axes):
+        if axis is not None and axis not in MESH_AXES:
+            raise UserError(f"{where}: {axis!r} is not a mesh axis; use batch, model or null")
+        if axis is not None and size % mesh[axis]:
+            raise UserError(f"{where}: a dimension of {size} does not split over the "
+                            f"{mesh[axis]} devices of {axis}")
+    return tuple(axes)
+
+
+def _start_model_parallel(distribution_config, devices, shapes):
+    import keras
+
+    mesh = distribution_config.mesh or {"batch": 1, "model": len(devices)}
+    if mesh["batch"] * mesh["model"] != len(devices):
+        raise UserError(f"distribution.mesh {mesh} needs {mesh['batch'] * mesh['model']} "
+                        f"devices but JAX sees {len(devices)}; make batch × model "
+                        f"{len(devices)}")
+    layout = model_parallel_layout(mesh, shapes, distribution_config.layout)
+    device_mesh = keras.distribution.DeviceMesh(
+        (mesh["batch"], mesh["model"]), list(MESH_AXES), devices)
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    for path, axes in layout.items():
+        if axes is not None:
+            layout_map[re.escape(path)] = axes
+    keras.distribution.set_distribution(keras.distribution.ModelParallel(
+        layout_map=layout_map, batch_dim_name="batch"))
+    return Devices("model-parallel", mesh["batch"], mesh=mesh, layout=layout)

@@ -21,6 +21,7 @@ from app.config import config_hash
 from app.data import BUNDLED_DATASETS, report_warnings
 from app.distribution import start_distribution, stop_distribution
 from app.errors import Terminated, UserError
+from app.execution import execution_settings, precision_policy
 from app.tables.architectures import ARCHITECTURES
 
 # Training samples that `training.noise_scale` estimates the gradient noise scale on.
@@ -54,13 +55,18 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=No
         print(line, file=sys.stderr)
     started = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
-    devices = start_distribution(config.distribution)
+    devices = start_distribution(config.distribution,
+                                 variables=lambda: variable_shapes(config, dataset))
     try:
         training_data = devices.shardable(dataset, config.training.batch_size)
         with devices.scope():
             model = build_compiled_model(config, training_data, devices)
             if start is not None:
                 start(model)
+        if config.training.verbose:
+            shapes = {variable.path: tuple(variable.shape) for variable in model.weights}
+            for line in devices.sharding_lines(shapes):
+                print(line)
         trained = model
         if teacher is not None:
             from app.distillation import build_distiller
@@ -134,18 +140,12 @@ def build_compiled_model(config, dataset, devices=None):
         devices: the `app.distribution.Devices` it trains on (call this in their scope), or
             `None` for one device.
     """
-    from app.tables.architectures import build_model
+    import keras
+
     from app.tables.optimizers import build_optimizer
     from app.tables.schedules import build_schedule
 
-    statistics = {}
-    if config.data.normalize:
-        statistics = {"mean": dataset.feature_mean, "variance": dataset.feature_variance}
-    model_config = config.model
-    synchronized = devices is not None and devices.synchronizes_batch_norm
-    if synchronized and model_config.normalization == "batch":
-        model_config = dataclasses.replace(model_config, normalization="sync_batch")
-    model = build_model(model_config, dataset.input_shape, dataset.num_classes, **statistics)
+    model = build_configured_model(config, dataset, devices)
     if config.training.fine_tune.enabled:
         from models.backbones import set_backbone_trainable
 
@@ -156,8 +156,33 @@ def build_compiled_model(config, dataset, devices=None):
         optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
         loss=training_loss(config),
         metrics=[accuracy_metric(config)],
+        **execution_settings(config, keras.backend.backend()),
     )
     return model
+
+
+def build_configured_model(config, dataset, devices=None):
+    """The configured model, uncompiled, in the configured precision (arguments as for
+    `build_compiled_model`)."""
+    from app.tables.architectures import build_model
+
+    statistics = {}
+    if config.data.normalize:
+        statistics = {"mean": dataset.feature_mean, "variance": dataset.feature_variance}
+    model_config = config.model
+    synchronized = devices is not None and devices.synchronizes_batch_norm
+    if synchronized and model_config.normalization == "batch":
+        model_config = dataclasses.replace(model_config, normalization="sync_batch")
+    with precision_policy(config.training.precision):
+        return build_model(model_config, dataset.input_shape, dataset.num_classes, **statistics)
+
+
+def variable_shapes(config, dataset):
+    """`{path: shape}` of the configured model's variables, from a build on no devices (the
+    app's layers are named, so every build has the same paths): what `model-parallel` lays
+    out before the model is built on the mesh."""
+    model = build_configured_model(config, dataset)
+    return {variable.path: tuple(variable.shape) for variable in model.weights}
 
 
 def training_loss(config):
@@ -405,6 +430,8 @@ class _Loop:
 def _unfreeze_and_recompile(model, config, dataset):
     """Fine-tuning's second phase: the top blocks of the body train, at `lr_factor` × the
     rate, under the configured schedule over the phase's own epochs (a fresh optimizer)."""
+    import keras
+
     from app.tables.architectures import APPLICATIONS
     from app.tables.optimizers import build_optimizer
     from app.tables.schedules import build_schedule
@@ -420,7 +447,8 @@ def _unfreeze_and_recompile(model, config, dataset):
                                  else schedule.min_lr * fine_tune.lr_factor)
     learning_rate = build_schedule(scaled, steps_per_epoch(config, dataset), fine_tune.epochs)
     model.compile(optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
-                  loss=training_loss(config), metrics=[accuracy_metric(config)])
+                  loss=training_loss(config), metrics=[accuracy_metric(config)],
+                  **execution_settings(config, keras.backend.backend()))
 
 
 def _optional_callbacks(config, dataset):
@@ -520,6 +548,9 @@ def _metrics(config, dataset, history, checkpoint, model, train_seconds, wall_se
         "backend": keras.backend.backend(),
         "versions": backend_versions(),
         "parameters": int(model.count_params()),
+        "execution": {"precision": config.training.precision,
+                      "steps_per_execution": model.steps_per_execution,
+                      "jit_compile": model.jit_compile},
         "samples": {"train": len(dataset.y_train), "validation": len(dataset.y_val),
                     "test": len(dataset.y_test)},
         "num_classes": dataset.num_classes,

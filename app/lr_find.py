@@ -45,8 +45,9 @@ def find_learning_rate(config, dataset, min_lr=DEFAULT_SWEEP["min_lr"],
     batch_size = config.training.batch_size * config.training.accumulation_steps
     sweep_config = dataclasses.replace(
         config, schedule=ScheduleConfig(lr=min_lr),
+        # The finder sets the rate before every batch.
         training=dataclasses.replace(config.training, accumulation_steps=1,
-                                     accumulation_schedule=None),
+                                     accumulation_schedule=None, steps_per_execution=1),
     )
     keras.utils.set_random_seed(config.seed)
     model = build_compiled_model(sweep_config, dataset)

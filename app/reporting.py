@@ -74,6 +74,10 @@ def format_summary(metrics, run_dir):
     distribution = metrics.get("distribution", {})
     if distribution.get("strategy", "none") != "none":
         replicas, strategy = distribution["replicas"], distribution["strategy"]
+        mesh = distribution.get("mesh")
+        if mesh is not None:  # model-parallel: `replicas` counts the batch axis only
+            replicas = mesh["batch"] * mesh["model"]
+            strategy += f", mesh batch {mesh['batch']} × model {mesh['model']}"
         lines.insert(2, f"devices           {replicas} ({strategy})")
     if "lr_finder" in metrics:
         finder = metrics["lr_finder"]

@@ -97,6 +97,9 @@ def run_tune(config, resume=None, role=Role()):
     if resume is not None:
         partial, config = _open_partial(resume)
     else:
+        if config.distribution.strategy == "model-parallel":
+            raise UserError("tune builds a different model in every trial, and model-parallel "
+                            "lays out one model; use --distribution data-parallel")
         config, partial = _plan_search(config, role)
     final = partial.with_name(partial.name[:-len(PARTIAL_SUFFIX)])
     dataset = load_dataset(config.data, seed=config.seed)

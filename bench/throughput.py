@@ -44,15 +44,18 @@ def median_rate(epoch_seconds, samples):
     return samples / statistics.median(timed)
 
 
-def measure_app_default(epochs):
-    """The default `fit` configuration, built and trained as `python -m app fit` does."""
+def measure_app_default(epochs, steps_per_execution="auto", jit_compile="auto"):
+    """The default `fit` configuration, built and trained as `python -m app fit` does (with
+    `training.steps_per_execution` and `training.jit_compile` as given)."""
     import keras
 
     from app.config import load_config
     from app.data import load_dataset
     from app.engine import build_compiled_model, resolve_config
 
-    config = resolve_config(load_config(overrides=[f"training.epochs={epochs}"]), "bench")
+    config = resolve_config(load_config(overrides=[
+        f"training.epochs={epochs}", f"training.steps_per_execution={steps_per_execution}",
+        f"training.jit_compile={str(jit_compile).lower()}"]), "bench")
     dataset = load_dataset(config.data, seed=config.seed)
     keras.utils.set_random_seed(config.seed)
     model = build_compiled_model(config, dataset)
@@ -84,7 +87,7 @@ def epoch_timer():
     return _EpochTimer()
 
 
-def measure_keras(architecture, epochs):
+def measure_keras(architecture, epochs, steps_per_execution=1, jit_compile="auto"):
     import keras
 
     from models import build_cnn, build_mlp
@@ -97,7 +100,8 @@ def measure_keras(architecture, epochs):
     else:
         model = build_cnn(x.shape[1:], 10, filters=32, width=128, **options)
     model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
     timer = epoch_timer()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=[timer])
     return {"samples_per_s": median_rate(timer.seconds, len(x))}
@@ -206,11 +210,17 @@ def measure_jax_loop(architecture, epochs):
 
 
 MEASUREMENTS = {
-    "app": lambda architecture, epochs: measure_app_default(epochs),
+    "app": lambda architecture, epochs, **execution: measure_app_default(epochs, **execution),
     "keras": measure_keras,
-    "torch-loop": measure_torch_loop,
-    "jax-loop": measure_jax_loop,
+    "torch-loop": lambda architecture, epochs, **execution: measure_torch_loop(architecture,
+                                                                             epochs),
+    "jax-loop": lambda architecture, epochs, **execution: measure_jax_loop(architecture, epochs),
 }
+# The `--execution` grid: batches per call to the compiled step, and `jit_compile` (XLA on
+# TensorFlow, `torch.compile` on torch; JAX always compiles, and its `False` is eager).
+# Keras 3.15 runs one step per call on torch.
+EXECUTION_STEPS = {"tensorflow": (1, 4, 8, 16, 32), "jax": (1, 4, 8, 16, 32), "torch": (1,)}
+EXECUTION_JIT = {"tensorflow": (False, True), "jax": (True,), "torch": (False, True)}
 
 
 def measure_default_command(backend):
@@ -228,11 +238,13 @@ def measure_default_command(backend):
     return seconds, metrics["epochs_run"], metrics["test"]["accuracy"]
 
 
-def run_worker(kind, backend, architecture, epochs):
+def run_worker(kind, backend, architecture, epochs, steps_per_execution="auto",
+               jit_compile="auto"):
     """Runs one measurement in a fresh process and returns its JSON result."""
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, "--worker", kind, "--architecture", architecture,
-               "--epochs", str(epochs)]
+               "--epochs", str(epochs), "--steps-per-execution", str(steps_per_execution),
+               "--jit-compile", str(jit_compile)]
     result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{kind}/{backend}/{architecture} failed:\n{result.stderr[-3000:]}")
@@ -244,9 +256,20 @@ def main():
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--worker", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)
     parser.add_argument("--architecture", default="mlp", choices=["mlp", "cnn"])
+    parser.add_argument("--execution", action="store_true",
+                        help="measure steps_per_execution x jit_compile per backend instead")
+    parser.add_argument("--steps-per-execution", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--jit-compile", default="auto", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.worker:
-        print(json.dumps(MEASUREMENTS[arguments.worker](arguments.architecture, arguments.epochs)))
+        jit = {"True": True, "False": False}.get(arguments.jit_compile, arguments.jit_compile)
+        steps = arguments.steps_per_execution
+        print(json.dumps(MEASUREMENTS[arguments.worker](
+            arguments.architecture, arguments.epochs,
+            steps_per_execution=steps if steps == "auto" else int(steps), jit_compile=jit)))
+        return
+    if arguments.execution:
+        execution_grid(arguments.epochs)
         return
 
     epochs = arguments.epochs
@@ -273,6 +296,41 @@ def main():
         rates.append(run_worker("jax-loop", "jax", architecture, epochs)["samples_per_s"])
         print(f"| {architecture} | " + " | ".join(f"{rate:,.0f}" for rate in rates) + " |",
               flush=True)
+
+
+def execution_grid(epochs):
+    """Keras `fit` samples/s per backend, model, `steps_per_execution` and `jit_compile`,
+    against the hand-written loops, measured in one run; then the app's default model."""
+    print(f"The default `fit` model (MLP teacher, batch norm, dropout) per setting, "
+          f"{epochs} epochs:\n")
+    print("| backend | jit_compile | steps / call | first epoch (s) | samples / s "
+          f"| {epochs} epochs (s) |")
+    print("|---|---|---|---|---|---|")
+    for backend in BACKENDS:
+        for jit in EXECUTION_JIT[backend]:
+            for steps in EXECUTION_STEPS[backend][::2]:
+                row = run_worker("app", backend, "mlp", epochs, steps, jit)
+                print(f"| {backend} | {jit} | {steps} | {row['first_epoch_s']:.2f} | "
+                      f"{row['samples_per_s']:,.0f} | {row['fit_s']:.1f} |", flush=True)
+    print()
+    print(f"Keras `fit` (samples / s, Adam, batch {BATCH_SIZE}, {epochs} epochs) per "
+          "steps_per_execution and jit_compile, and the ratio to the framework's own loop "
+          "(TensorFlow: to the torch loop):\n")
+    columns = EXECUTION_STEPS["jax"]
+    print("| model | backend | jit_compile | " + " | ".join(
+        f"{steps} / call" for steps in columns) + " | loop | best / loop |")
+    print("|---|---|---|" + "---|" * (len(columns) + 2))
+    for architecture in ("mlp", "cnn"):
+        loops = {"torch": run_worker("torch-loop", "torch", architecture, epochs),
+                 "jax": run_worker("jax-loop", "jax", architecture, epochs)}
+        for backend in BACKENDS:
+            loop = loops.get(backend, loops["torch"])["samples_per_s"]
+            for jit in EXECUTION_JIT[backend]:
+                rates = [run_worker("keras", backend, architecture, epochs, steps,
+                                    jit)["samples_per_s"] for steps in EXECUTION_STEPS[backend]]
+                cells = [f"{rate:,.0f}" for rate in rates] + ["–"] * (len(columns) - len(rates))
+                print(f"| {architecture} | {backend} | {jit} | " + " | ".join(cells)
+                      + f" | {loop:,.0f} | {max(rates) / loop:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

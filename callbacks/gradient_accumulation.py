@@ -119,11 +119,12 @@ class GradientAccumulation(WrappedOptimizer):
 class AccumulationScheduler(keras.callbacks.Callback):
     """Ends accumulation windows with each epoch, weights the short last batch, and sets K.
 
-    Needs the model's optimizer to be a `GradientAccumulation`. `scheduling` maps an epoch
-    (0-based) to the number of batches per update from that epoch on, so the effective batch
-    grows during training (lecture notes, seed 002: "K can be increased over the course of
-    training"). With `samples_per_epoch` (the length of the training data), the last batch
-    of each epoch is weighted by its size; Keras makes every other batch full.
+    Needs the model's optimizer to be a `GradientAccumulation` (or to wrap one).
+    `scheduling` maps an epoch (0-based) to the number of batches per update from that epoch
+    on, so the effective batch grows during training (lecture notes, seed 002: "K can be
+    increased over the course of training"). With `samples_per_epoch` (the length of the
+    training data), the last batch of each epoch is weighted by its size; Keras makes every
+    other batch full.
 
     With `adaptive=True` it also grows K toward the gradient noise scale B logged by a
     `GradientNoiseScale` placed before it: after each epoch, K becomes
@@ -164,9 +165,13 @@ class AccumulationScheduler(keras.callbacks.Callback):
     @property
     def _optimizer(self):
         optimizer = self.model.optimizer
-        if not isinstance(optimizer, GradientAccumulation):
-            raise ValueError("AccumulationScheduler needs model.optimizer to be a "
-                             f"GradientAccumulation; got {type(optimizer).__name__}")
+        # Keras's LossScaleOptimizer (mixed_float16) goes around every other wrapper.
+        while not isinstance(optimizer, GradientAccumulation):
+            if not hasattr(optimizer, "inner_optimizer"):
+                raise ValueError("AccumulationScheduler needs model.optimizer to be (or wrap) "
+                                 "a GradientAccumulation; got "
+                                 f"{type(self.model.optimizer).__name__}")
+            optimizer = optimizer.inner_optimizer
         return optimizer
 
     def on_epoch_begin(self, epoch, logs=None):

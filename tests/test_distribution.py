@@ -8,11 +8,13 @@ import pytest
 
 from app.config import DistributionConfig, load_config
 from app.data import load_dataset
-from app.distribution import Devices, check_distribution, start_distribution
+from app.distribution import (Devices, check_distribution, model_parallel_layout,
+                              start_distribution)
 from app.errors import UserError
 from tests.helpers import BACKEND, run_subprocess
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 # `python -m app` on two devices: JAX reads XLA_FLAGS; TensorFlow's CPU must be split into two
 # logical devices before it starts, which no environment variable does.
 APP_ON_TWO_DEVICES = {
@@ -36,6 +38,8 @@ STRATEGY = {"tensorflow": "mirrored", "jax": "data-parallel"}
     ("data-parallel", "tensorflow", "--distribution data-parallel runs on the jax backend, "
                                     "not tensorflow; use --backend jax, or --distribution "
                                     "mirrored on tensorflow"),
+    ("model-parallel", "tensorflow", "--distribution model-parallel runs on the jax backend"),
+    ("model-parallel", "torch", "Keras 3 has no multi-device training on the torch backend"),
 ])
 def test_a_strategy_of_another_backend_is_refused(strategy, backend, message):
     with pytest.raises(UserError) as error:
@@ -86,9 +90,8 @@ def test_splits_are_trimmed_to_divide_evenly_over_the_devices():
         Devices("mirrored", 4).shardable(dataset, 30)
 
 
-def parity(strategy, *flags):
-    result = run_subprocess(["tests/distributed_parity.py", strategy, *flags],
-                            env=TWO_DEVICES)
+def parity(strategy, *flags, devices=TWO_DEVICES):
+    result = run_subprocess(["tests/distributed_parity.py", strategy, *flags], env=devices)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -142,3 +145,95 @@ def test_tune_gives_the_strategy_to_keras_tuner_which_builds_trials_in_it(tmp_pa
     assert tuner.distribution_strategy is devices.tf_strategy
     model = tuner._try_build(keras_tuner.HyperParameters())
     assert model.distribute_strategy is devices.tf_strategy
+
+
+# Model parallelism ---------------------------------------------------------------------------
+
+SHAPES = {"dense_0/kernel": (64, 256), "dense_0_bn/gamma": (256,), "logits/kernel": (256, 10),
+          "logits/bias": (10,), "conv_0/kernel": (3, 3, 1, 32)}
+
+
+def test_the_built_in_layout_splits_kernels_that_divide_along_model():
+    layout = model_parallel_layout({"batch": 1, "model": 4}, SHAPES)
+    assert layout == {"dense_0/kernel": (None, "model"), "dense_0_bn/gamma": None,
+                      "logits/kernel": None,  # 10 classes do not split over 4 devices
+                      "logits/bias": None, "conv_0/kernel": (None, None, None, "model")}
+
+
+@pytest.mark.parametrize("user_layout, message", [
+    ({"dense_0/kern": [None, "model"]},
+     "pattern 'dense_0/kern' matches no variable; a pattern matches a whole path such as "
+     "'dense_0/kernel' (use '.*dense_0/kern' to match its end)"),
+    ({"dense_0/kernel": ["model"]}, "needs a list of 2 axes (batch, model or null)"),
+    ({"dense_0/kernel": [None, "rows"]}, "'rows' is not a mesh axis"),
+    ({"logits/kernel": [None, "model"]}, "a dimension of 10 does not split over the 4 devices"),
+    ({"dense.*kernel": [None, "model"], "dense_0/.*": None},
+     "dense_0/kernel matches two patterns, 'dense.*kernel' and 'dense_0/.*'"),
+])
+def test_a_user_layout_that_does_not_fit_is_one_line(user_layout, message):
+    with pytest.raises(UserError, match="^distribution.layout") as error:
+        model_parallel_layout({"batch": 1, "model": 4}, SHAPES, user_layout)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_user_layouts_are_matched_on_whole_paths():
+    layout = model_parallel_layout({"batch": 2, "model": 2}, SHAPES,
+                                   {"(dense_0|logits)/kernel": [None, "model"], "conv.*": None})
+    assert layout["dense_0/kernel"] == layout["logits/kernel"] == (None, "model")
+    assert layout["conv_0/kernel"] is None and layout["logits/bias"] is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distribution.mesh={batch: 2, model: 2}"], "distribution.mesh is model-parallel's"),
+    (["distribution.strategy=model-parallel", "distribution.mesh={batch: 2, rows: 2}"],
+     "distribution.mesh must be {batch: B, model: M}"),
+    (["distribution.strategy=model-parallel", "distribution.mesh={batch: 0, model: 2}"],
+     "distribution.mesh must be {batch: B, model: M}"),
+])
+def test_a_bad_mesh_is_refused_before_anything_starts(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_tune_refuses_model_parallel_in_one_line(run_cli, runs_dir):
+    if BACKEND != "jax":
+        pytest.skip("the strategy itself is refused first on other backends")
+    code, _, err = run_cli("tune", "--distribution", "model-parallel")
+    assert code == 2 and err.count("\n") == 1
+    assert "use --distribution data-parallel" in err
+    assert not runs_dir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.ModelParallel is JAX's")
+@pytest.mark.parametrize("architecture, flags", [
+    ("mlp", ["--set", "distribution.mesh={batch: 2, model: 2}"]),
+    ("cnn", ["--set", 'distribution.layout={".*conv_1/kernel": [null, null, null, model], '
+                      '".*dense/kernel": [model, null]}']),
+], ids=["mesh-2x2-built-in-layout", "mesh-1x4-user-layout"])
+def test_four_devices_model_parallel_train_to_the_weights_of_one_device(architecture, flags):
+    measured = parity("model-parallel", "--set", f"model.architecture={architecture}", *flags,
+                      devices=FOUR_DEVICES)
+    assert measured["max_abs_difference"] < 1e-5, measured
+    layout = measured["distribution"]["layout"]
+    assert any(axes is not None for axes in layout.values())
+    for path, axes in layout.items():  # where JAX holds each trained weight
+        assert measured["placed"][path] == (axes or [None] * len(measured["placed"][path]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.ModelParallel is JAX's")
+def test_fit_prints_how_each_variable_is_sharded(tmp_path):
+    result = run_subprocess(["-m", "app", "fit", "--distribution", "model-parallel",
+                             "--set", f"output.dir={tmp_path}", "--set", "model.size=student",
+                             "--set", "training.epochs=1", "--set", "training.verbose=2"],
+                            env=TWO_DEVICES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model-parallel on a mesh of batch 1 × model 2:" in result.stdout
+    assert "devices           2 (model-parallel, mesh batch 1 × model 2)" in result.stdout
+    assert [line.split() for line in result.stdout.splitlines()
+            if line.strip().startswith("dense_0/kernel")] == [
+        ["dense_0/kernel", "64×32", "(·,", "model)"]]
+    run_dir, = tmp_path.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["distribution"]["mesh"] == {"batch": 1, "model": 2}

@@ -61,8 +61,10 @@ def start_backend(name, config=None):
     backend = select_backend(name)
     if config is not None:
         from app.distribution import check_distribution
+        from app.execution import check_execution
 
         check_distribution(config.distribution, backend)
+        check_execution(config.training, backend)
     return backend
 
 

@@ -13,6 +13,7 @@ from typing import Optional
 
 from app.config.validation import option
 from app.errors import UserError
+from app.execution import check_steps_per_execution
 from app.tables.architectures import APPLICATIONS as BACKBONE_ARCHITECTURES
 from app.tables.architectures import ARCHITECTURES, SIZES
 from app.tables.optimizers import OPTIMIZERS
@@ -29,8 +30,9 @@ MOVED_KEYS = {
 # command line are checked before Keras starts.
 LR_FINDER_RULES = ("valley", "steepest", "minimum")
 TUNERS = ("random", "hyperband", "bayesian")
-DISTRIBUTION_STRATEGIES = ("none", "mirrored", "tpu", "data-parallel")
+DISTRIBUTION_STRATEGIES = ("none", "mirrored", "tpu", "data-parallel", "model-parallel")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclasses.dataclass
@@ -312,7 +314,10 @@ class PruningConfig:
 
 @dataclasses.dataclass
 class TrainingConfig:
-    """The training loop. At most one of the three clipping keys may be set."""
+    """The training loop. At most one of the three clipping keys may be set. `precision`
+    computes in 16 bits with float32 weights (`mixed_float16` scales the loss);
+    `steps_per_execution` and `jit_compile` are Keras's, `auto` picking per backend and per
+    callback (see `app.execution`)."""
 
     epochs: int = option(100, low=1)
     batch_size: int = option(64, low=1)
@@ -326,6 +331,9 @@ class TrainingConfig:
     verbose: int = option(1, choices=[0, 1, 2])
     noise_scale: bool = option(False)
     nan_guard: bool = option(True)
+    precision: str = option("float32", choices=PRECISIONS)
+    steps_per_execution: int = option("auto", low=1, keywords=["auto"])
+    jit_compile: bool = option("auto", keywords=["auto"])
     # `fit` saves the training state at every epoch's end, and within an epoch this often.
     checkpoint_minutes: Optional[float] = option(None, low=0.0, low_open=True)
     fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
@@ -350,6 +358,7 @@ class TrainingConfig:
             if not begin < end <= self.epochs:
                 raise UserError(f"{prefix}pruning needs begin_epoch < end_epoch <= "
                                 f"{prefix}epochs; got {begin}, {end} and {self.epochs}")
+        check_steps_per_execution(self, prefix)
         if len(clipping) > 1:
             raise UserError(f"set at most one of {prefix}clip_value, {prefix}clip_norm and "
                             f"{prefix}global_clip_norm; got {', '.join(clipping)}")
@@ -406,11 +415,28 @@ class TuningConfig:
 @dataclasses.dataclass
 class DistributionConfig:
     """Training on several devices: `none`, `mirrored` or `tpu` (TensorFlow), `data-parallel`
-    (JAX). `training.batch_size` is the global batch, split over the devices. `tpu` names the
-    Cloud TPU to connect to (`null`: the TPU VM's own chips)."""
+    or `model-parallel` (JAX). `training.batch_size` is the global batch, split over the
+    devices (over the mesh's `batch` axis for `model-parallel`). `tpu` names the Cloud TPU to
+    connect to (`null`: the TPU VM's own chips). `mesh` (`{batch: B, model: M}`, null: one
+    batch row) and `layout` (`{pattern: [axes]}`, null: kernels split along `model`) are
+    `model-parallel`'s (see `app.distribution.model_parallel_layout`)."""
 
     strategy: str = option("none", choices=DISTRIBUTION_STRATEGIES)
     tpu: Optional[str] = option(None)
+    mesh: Optional[dict] = option(None)
+    layout: Optional[dict] = option(None)
+
+    def check(self, prefix):
+        for key in ("mesh", "layout"):
+            if getattr(self, key) is not None and self.strategy != "model-parallel":
+                raise UserError(f"{prefix}{key} is model-parallel's; set {prefix}strategy: "
+                                f"model-parallel or drop {prefix}{key}")
+        mesh = self.mesh
+        if mesh is not None and (sorted(mesh) != ["batch", "model"] or not all(
+                isinstance(size, int) and not isinstance(size, bool) and size >= 1
+                for size in mesh.values())):
+            raise UserError(f"{prefix}mesh must be {{batch: B, model: M}} with positive "
+                            f"integers, e.g. {{batch: 2, model: 2}}; got {mesh}")
 
 
 @dataclasses.dataclass

@@ -64,7 +64,10 @@ def build_optimizer(optimizer_config, training_config, learning_rate):
     """A Keras optimizer with the configured parameters, weight decay and clipping.
 
     `optimizer.lookahead` wraps it in `callbacks.Lookahead`; accumulating gradients
-    (`training.accumulation_*`) wraps everything in `callbacks.GradientAccumulation`.
+    (`training.accumulation_*`) wraps that in `callbacks.GradientAccumulation`; and
+    `training.precision: mixed_float16` wraps everything in Keras's `LossScaleOptimizer`,
+    which skips a step whose gradients overflow (a skipped batch never enters an
+    accumulation window). bfloat16 has float32's range and needs no scaling.
 
     Args:
         optimizer_config: an `app.config.OptimizerConfig`.
@@ -90,6 +93,10 @@ def build_optimizer(optimizer_config, training_config, learning_rate):
     if accumulates(training_config):
         # Outermost: one update of everything inside per window of batches.
         optimizer = callbacks.GradientAccumulation(optimizer, training_config.accumulation_steps)
+    if training_config.precision == "mixed_float16":
+        import keras
+
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 

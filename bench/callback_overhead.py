@@ -1,0 +1,130 @@
+"""What the app's callback stack costs: its whole `fit` against a bare `model.fit`.
+
+Usage: `python bench/callback_overhead.py [--epochs 30] [--architecture mlp|cnn]
+[--repeat N]`. For each
+backend (one process each, one after the other), the same compiled model (the default
+configuration: `build_compiled_model`, so the same `steps_per_execution` and `jit_compile`)
+trains twice on the digits training split, validated on its validation split:
+
+- bare: `model.fit(x, y, validation_data=..., shuffle=True)` with a timer callback only;
+- app: `app.engine.train_model` as `fit` runs it: the app's data feeding, the learning-rate
+  monitor, `NaNGuard`, `EarlyStopping` (patience above the epochs, so that both run all of
+  them), the best-epoch checkpoint (`best.keras`) and the training-state checkpoint written
+  at every epoch's end (`fit --resume`).
+
+It prints the median steady epoch (the first two epochs are not timed) of each and their
+ratio; the target is at most 1.05×. The app's cost is per epoch (writing `best.keras` when
+the monitor improves, and the training state), so it weighs on digits' 20-batch epochs:
+`--repeat N` repeats the training split N times for epochs of a realistic length.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+BACKENDS = ("tensorflow", "jax", "torch")
+WARMUP_EPOCHS = 2
+
+
+def epoch_timer():
+    """A callback that records the wall time of every epoch in `.seconds`."""
+    import keras
+
+    class _EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return _EpochTimer()
+
+
+def steady(seconds):
+    return statistics.median(seconds[WARMUP_EPOCHS:])
+
+
+def measure(architecture, epochs, repeat):
+    import dataclasses
+
+    import keras
+    import numpy as np
+
+    from app.config import load_config
+    from app.data import load_dataset
+    from app.engine import build_compiled_model, resolve_config, training_checkpoint, train_model
+
+    config = resolve_config(load_config(overrides=[
+        f"model.architecture={architecture}", f"training.epochs={epochs}",
+        f"early_stopping.patience={epochs}", "training.verbose=0"]), "bench")
+    dataset = load_dataset(config.data, seed=config.seed)
+    dataset = dataclasses.replace(dataset, x_train=np.concatenate([dataset.x_train] * repeat),
+                                  y_train=np.concatenate([dataset.y_train] * repeat))
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_compiled_model(config, dataset)
+    bare = epoch_timer()
+    model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val),
+              batch_size=config.training.batch_size, epochs=epochs, shuffle=True, verbose=0,
+              callbacks=[bare])
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_compiled_model(config, dataset)
+    app = epoch_timer()
+    with tempfile.TemporaryDirectory() as folder:
+        state = training_checkpoint(config, dataset, Path(folder) / "training_state.npz",
+                                    resume=False)
+        train_model(model, config, dataset, Path(folder) / "best.keras", extra_callbacks=[app],
+                    state=state)
+    return {"bare_s": steady(bare.seconds), "app_s": steady(app.seconds),
+            "steps_per_execution": model.steps_per_execution, "jit_compile": model.jit_compile}
+
+
+def run_worker(backend, architecture, epochs, repeat):
+    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, __file__, "--worker", "--architecture", architecture,
+               "--epochs", str(epochs), "--repeat", str(repeat)]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{backend} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--architecture", default="mlp", choices=["mlp", "cnn"])
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="repeat the training split this many times")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.worker:
+        print(json.dumps(measure(arguments.architecture, arguments.epochs, arguments.repeat)))
+        return
+    print(f"Default {arguments.architecture} on digits (training split × {arguments.repeat}), "
+          f"{arguments.epochs} epochs, median epoch after the first {WARMUP_EPOCHS}; "
+          f"{os.cpu_count()} CPU cores.\n")
+    print("| backend | steps / call, jit | bare `model.fit` (s / epoch) | app's `fit` "
+          "(s / epoch) | app / bare |")
+    print("|---|---|---|---|---|")
+    for backend in BACKENDS:
+        row = run_worker(backend, arguments.architecture, arguments.epochs, arguments.repeat)
+        print(f"| {backend} | {row['steps_per_execution']}, {row['jit_compile']} | "
+              f"{row['bare_s']:.4f} | {row['app_s']:.4f} | {row['app_s'] / row['bare_s']:.2f}× |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
