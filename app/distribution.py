@@ -9,6 +9,10 @@ scope that the model, its optimizer and metrics are built in.
   (JAX backend): the batch is split along `batch`, and each kernel as its layout says along
   `model` (`model_parallel_layout`).
 - The torch backend has no multi-device support in Keras 3: asking for it is an error.
+- Several processes (one per host, or here several on one machine) join one JAX runtime as a
+  `Cluster` (`--coordinator`, `--num-processes`, `--process-id`, or Keras's
+  `KERAS_DISTRIBUTION_*` variables); `data-parallel` then spans every process's devices, and
+  each process feeds its own part of every batch (`app.feeding.process_part`).
 
 `training.batch_size` is the global batch: each of N devices computes on batch_size / N
 samples, and the update equals a single-device step on the whole batch, at the same learning
@@ -25,12 +29,21 @@ with devices.scope():
 
 import contextlib
 import dataclasses
+import os
 import re
 
 import numpy as np
 
 from app.errors import UserError
 
+# Keras's variables for `keras.distribution.initialize`, read when the flags are not given.
+CLUSTER_VARIABLES = {"coordinator": "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                     "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                     "process_id": "KERAS_DISTRIBUTION_PROCESS_ID"}
+TENSORFLOW_MULTI_WORKER_MESSAGE = (
+    "several processes on the tensorflow backend need MultiWorkerMirroredStrategy, which "
+    "fails in Keras 3.15 (keras-team/keras#20585); use --backend jax --distribution "
+    "data-parallel with --coordinator, --num-processes and --process-id")
 # The backend each strategy runs on.
 STRATEGY_BACKENDS = {"mirrored": "tensorflow", "tpu": "tensorflow", "data-parallel": "jax",
                      "model-parallel": "jax"}
@@ -52,6 +65,7 @@ class Devices:
         tf_strategy: the `tf.distribute.Strategy` of `mirrored` and `tpu`, else `None`.
         mesh: `model-parallel`'s `{"batch": B, "model": M}`, else `None`.
         layout: `model-parallel`'s axes per variable path (`None`: not sharded), else `None`.
+        processes: how many processes the devices belong to (`Cluster`).
     """
 
     strategy: str = "none"
@@ -59,6 +73,7 @@ class Devices:
     tf_strategy: object = None
     mesh: dict = None
     layout: dict = None
+    processes: int = 1
 
     def scope(self):
         """The context to build models, optimizers and metrics in."""
@@ -104,6 +119,8 @@ class Devices:
 
     def describe(self):
         description = {"strategy": self.strategy, "replicas": self.replicas}
+        if self.processes > 1:
+            description["processes"] = self.processes
         if self.mesh is not None:
             description.update(mesh=self.mesh, layout=self.layout)
         return description
@@ -121,6 +138,103 @@ class Devices:
                         "(" + ", ".join(axis or "·" for axis in axes) + ")")
             lines.append(f"  {path:<{width}}  {shape:<14} {sharding}")
         return lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """The processes that train one run together, each on its own devices.
+
+    Attributes:
+        coordinator: `HOST:PORT` of process 0, which the others connect to.
+        num_processes: how many processes train the run.
+        process_id: this process's number; process 0 writes the run directory.
+    """
+
+    coordinator: str = None
+    num_processes: int = 1
+    process_id: int = 0
+
+    @property
+    def several(self):
+        return self.num_processes > 1
+
+
+def read_cluster(coordinator=None, num_processes=None, process_id=None, environ=None):
+    """The `Cluster` of the flags, each missing one read from Keras's variable
+    (`CLUSTER_VARIABLES`, as `keras.distribution.initialize` reads them).
+
+    Args:
+        coordinator: `--coordinator`, or `None`.
+        num_processes: `--num-processes`, or `None`.
+        process_id: `--process-id`, or `None`.
+        environ: the environment to read the variables from (default: this process's).
+
+    Raises:
+        UserError: an incomplete or inconsistent cluster.
+
+    Example:
+
+    ```python
+    read_cluster("10.0.0.2:1234", 2, 1)   # Cluster("10.0.0.2:1234", 2, 1)
+    read_cluster()                        # Cluster(): one process
+    ```
+    """
+    environ = os.environ if environ is None else environ
+    given = {"coordinator": coordinator, "num_processes": num_processes,
+             "process_id": process_id}
+    values = {}
+    for key, value in given.items():
+        if value is None and environ.get(CLUSTER_VARIABLES[key]):
+            value = environ[CLUSTER_VARIABLES[key]]
+            if key != "coordinator":
+                if not value.isdigit():
+                    raise UserError(f"{CLUSTER_VARIABLES[key]} must be an integer; got "
+                                    f"{value!r}")
+                value = int(value)
+        values[key] = value
+    if values["num_processes"] is None or values["num_processes"] == 1:
+        return Cluster()
+    cluster = Cluster(values["coordinator"], values["num_processes"], values["process_id"])
+    if cluster.coordinator is None or cluster.process_id is None:
+        raise UserError(f"--num-processes {cluster.num_processes} needs --coordinator "
+                        f"HOST:PORT (process 0's address) and --process-id (0 to "
+                        f"{cluster.num_processes - 1}) for every process")
+    host, _, port = cluster.coordinator.split(",")[0].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--coordinator must be HOST:PORT, e.g. 10.0.0.2:1234; got "
+                        f"{cluster.coordinator!r}")
+    if not 0 <= cluster.process_id < cluster.num_processes:
+        raise UserError(f"--process-id must be 0 to {cluster.num_processes - 1} for "
+                        f"{cluster.num_processes} processes; got {cluster.process_id}")
+    return cluster
+
+
+def check_cluster(cluster, distribution_config, backend):
+    """Refuses several processes where they cannot train: not on JAX, not data-parallel.
+
+    Raises:
+        UserError: naming what to use instead.
+    """
+    if not cluster.several:
+        return
+    if backend == "tensorflow":
+        raise UserError(TENSORFLOW_MULTI_WORKER_MESSAGE)
+    if backend == "torch":
+        raise UserError(TORCH_MESSAGE)
+    if distribution_config.strategy != "data-parallel":
+        raise UserError(f"--num-processes {cluster.num_processes} trains data-parallel over "
+                        f"the devices of every process; add --distribution data-parallel")
+
+
+def join_cluster(cluster):
+    """Connects this process to the others (JAX's distributed runtime), before any device is
+    used; a no-op for one process."""
+    if not cluster.several:
+        return
+    import keras
+
+    keras.distribution.initialize(cluster.coordinator, cluster.num_processes,
+                                  cluster.process_id)
 
 
 def check_distribution(distribution_config, backend):
@@ -164,8 +278,12 @@ def start_distribution(distribution_config, variables=None):
 
         devices = keras.distribution.list_devices()
         if strategy == "data-parallel":
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-            return Devices(strategy, len(devices))
+            import jax
+
+            # Several processes each give Keras their own part of every batch (`Batches`).
+            keras.distribution.set_distribution(keras.distribution.DataParallel(
+                devices=devices, auto_shard_dataset=jax.process_count() == 1))
+            return Devices(strategy, len(devices), processes=jax.process_count())
         return _start_model_parallel(distribution_config, devices, variables())
     import tensorflow as tf
 

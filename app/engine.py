@@ -21,7 +21,7 @@ from app.config import config_hash
 from app.data import BUNDLED_DATASETS, report_warnings
 from app.distribution import start_distribution, stop_distribution
 from app.errors import Terminated, UserError
-from app.execution import execution_settings, precision_policy
+from app.execution import compile_model, precision_policy
 from app.tables.architectures import ARCHITECTURES
 
 # Training samples that `training.noise_scale` estimates the gradient noise scale on.
@@ -152,12 +152,9 @@ def build_compiled_model(config, dataset, devices=None):
         set_backbone_trainable(model, blocks=0)
     learning_rate = build_schedule(config.schedule, steps_per_epoch(config, dataset),
                                    config.training.epochs)
-    model.compile(
-        optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
-        loss=training_loss(config),
-        metrics=[accuracy_metric(config)],
-        **execution_settings(config, keras.backend.backend()),
-    )
+    compile_model(model, config, keras.backend.backend(),
+                  optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
+                  loss=training_loss(config), metrics=[accuracy_metric(config)])
     return model
 
 
@@ -398,7 +395,7 @@ class _Loop:
                 self.history.history.setdefault(key, []).extend(values)
 
     def _build_loss_and_metrics(self):
-        """Builds the compiled loss and metrics on two training samples.
+        """Builds the compiled loss and metrics on a batch of training samples.
 
         Left to `fit`, Keras (3.15, JAX and PyTorch) builds them on a batch it reads ahead of
         the first epoch; with `Batches`' worker threads, the batches prefetched with it stay
@@ -407,7 +404,8 @@ class _Loop:
         """
         import numpy as np
 
-        rows = np.arange(min(2, len(self.dataset.y_train)))
+        # One batch: its size divides over the devices, which a data-parallel step needs.
+        rows = np.arange(min(self.config.training.batch_size, len(self.dataset.y_train)))
         features = np.asarray(self.dataset.x_train[rows], dtype=np.float32)
         self.model.evaluate(features, self.dataset.y_train[rows], verbose=0)
 
@@ -446,9 +444,9 @@ def _unfreeze_and_recompile(model, config, dataset):
                                  min_lr=None if schedule.min_lr is None
                                  else schedule.min_lr * fine_tune.lr_factor)
     learning_rate = build_schedule(scaled, steps_per_epoch(config, dataset), fine_tune.epochs)
-    model.compile(optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
-                  loss=training_loss(config), metrics=[accuracy_metric(config)],
-                  **execution_settings(config, keras.backend.backend()))
+    compile_model(model, config, keras.backend.backend(),
+                  optimizer=build_optimizer(config.optimizer, config.training, learning_rate),
+                  loss=training_loss(config), metrics=[accuracy_metric(config)])
 
 
 def _optional_callbacks(config, dataset):

@@ -9,12 +9,13 @@ whether it is compiled (`training.precision`, `training.steps_per_execution`,
   gradients overflow without advancing `iterations`.
 - `steps_per_execution: auto` runs several batches per call to the compiled step on the
   backends where that measured faster (`bench/throughput.py --execution`), except when a
-  callback must act at every batch; `jit_compile: auto` compiles where that measured faster.
+  callback must act at every batch; `jit_compile: auto` is Keras's own choice per backend,
+  which is what measured fastest.
 
 ```python
 with precision_policy("mixed_bfloat16"):
     model = build_model(...)
-model.compile(..., **execution_settings(config, "jax"))
+compile_model(model, config, "jax", optimizer=..., loss=..., metrics=[...])
 ```
 """
 
@@ -22,14 +23,14 @@ import contextlib
 
 from app.errors import UserError
 
-# What `auto` picks per backend, from `python bench/throughput.py --execution` on the
-# default model (README, "Precision and fast steps"): 8 batches per call on TensorFlow and
-# JAX (1.7× and 1.4× the samples/s of one). TensorFlow keeps Keras's own `auto` for XLA
-# (on GPUs and TPUs, not on a CPU, where it measured no faster and compiles for seconds).
-# torch runs one step per call (Keras 3.15 allows no more there) and eagerly: with
-# `torch.compile` the default model took 49 s to compile and then ran at half the speed.
+# What `steps_per_execution: auto` picks per backend, from `python bench/throughput.py
+# --execution` on the default model (README, "Precision and fast steps"): 8 batches per call
+# on TensorFlow and JAX (1.7× and 1.4× the samples/s of one); torch runs one (Keras 3.15
+# allows no more there). `jit_compile: auto` is Keras's own, which measured fastest: XLA on
+# TensorFlow's GPUs and TPUs but not on a CPU (no faster, seconds of compilation), JAX
+# compiled, torch eager (with `torch.compile` the default model took 49 s to compile and then
+# ran at half the speed).
 AUTO_STEPS_PER_EXECUTION = {"tensorflow": 8, "jax": 8, "torch": 1}
-AUTO_JIT_COMPILE = {"tensorflow": "auto", "jax": True, "torch": False}
 
 
 def per_batch_features(training_config):
@@ -60,30 +61,47 @@ def check_steps_per_execution(training_config, prefix="training."):
                         f"steps_per_execution to 1 or auto")
 
 
-def check_execution(training_config, backend):
-    """Refuses what `backend` cannot run: several steps per execution on torch (Keras 3.15
-    raises there).
+def check_execution(config, backend):
+    """Refuses several steps per execution where Keras 3.15 cannot run them: on torch (it
+    raises) and under TensorFlow's `mirrored` strategy (its multi-step loop fails there with
+    "You must feed a value for placeholder tensor").
 
     Raises:
         UserError: naming the key and what to set.
     """
-    steps = training_config.steps_per_execution
-    if backend == "torch" and steps != "auto" and steps > 1:
+    steps = config.training.steps_per_execution
+    if steps == "auto" or steps == 1:
+        return
+    if backend == "torch":
         raise UserError(f"training.steps_per_execution {steps} is not supported on the torch "
                         f"backend (Keras runs one step per call there); set it to 1 or auto")
+    if backend == "tensorflow" and config.distribution.strategy == "mirrored":
+        raise UserError(f"training.steps_per_execution {steps} fails under TensorFlow's "
+                        f"mirrored strategy in Keras 3.15; set it to 1 or auto")
 
 
-def execution_settings(config, backend):
-    """`model.compile`'s `steps_per_execution` and `jit_compile` for `config` on `backend`,
-    with `auto` resolved."""
-    training = config.training
-    steps = training.steps_per_execution
-    if steps == "auto":
-        steps = 1 if per_batch_features(training) else AUTO_STEPS_PER_EXECUTION[backend]
-    jit_compile = training.jit_compile
-    if jit_compile == "auto":
-        jit_compile = AUTO_JIT_COMPILE[backend]
-    return {"steps_per_execution": steps, "jit_compile": jit_compile}
+def steps_per_execution(config, backend):
+    """The batches per call to the compiled step for `config` on `backend`, `auto` resolved."""
+    steps = config.training.steps_per_execution
+    if steps != "auto":
+        return steps
+    # tf.distribute's strategies: see `check_execution` (`tpu` is untested here).
+    strategy = config.distribution.strategy in ("mirrored", "tpu")
+    if per_batch_features(config.training) or (backend == "tensorflow" and strategy):
+        return 1
+    return AUTO_STEPS_PER_EXECUTION[backend]
+
+
+def compile_model(model, config, backend, **compile_arguments):
+    """`model.compile(**compile_arguments)` with the configured `jit_compile` and steps per
+    execution.
+
+    The steps are set after `compile`, not given to it: a `.keras` file keeps the arguments
+    of `compile` and compiles again when loaded, and Keras-torch refuses more than one step
+    there, so a model trained on JAX would not load on torch.
+    """
+    model.compile(**compile_arguments, jit_compile=config.training.jit_compile)
+    model.steps_per_execution = steps_per_execution(config, backend)
 
 
 @contextlib.contextmanager

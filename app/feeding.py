@@ -43,6 +43,9 @@ class Batches(keras.utils.PyDataset):
         epoch: the epoch whose order to serve first: the `fit`'s `initial_epoch` (Keras may
             start reading before `SetEpoch` is called).
         first_batch: serve the batches from this one on (a run resumed within an epoch).
+        part: `(index, count)`: serve only this process's part of every batch, the
+            `index`-th of `count` equal slices (`process_part`), so that the processes
+            together train on the very batches one process would.
 
     Example:
 
@@ -52,7 +55,7 @@ class Batches(keras.utils.PyDataset):
     """
 
     def __init__(self, features, labels, batch_size, seed=None, augmenter=None, workers=1,
-                 epoch=0, first_batch=0):
+                 epoch=0, first_batch=0, part=(0, 1)):
         super().__init__(workers=workers, use_multiprocessing=False,
                          max_queue_size=BATCHES_AHEAD_PER_WORKER * workers)
         self.features = features
@@ -61,6 +64,7 @@ class Batches(keras.utils.PyDataset):
         self.seed = seed
         self.augmenter = augmenter
         self.first_batch = first_batch
+        self.part = part
         self.epoch = epoch
         self.order = self._order()
 
@@ -74,8 +78,11 @@ class Batches(keras.utils.PyDataset):
         features = np.asarray(self.features[positions], dtype=np.float32)
         labels = self.labels[positions]
         if self.augmenter is not None:
+            # The whole batch, so that MixUp and CutMix pair it as one process would.
             features, labels = self.augmenter(features, labels, seed=(self.seed, self.epoch, index))
-        return features, labels
+        part, parts = self.part
+        share = len(labels) // parts
+        return features[part * share:(part + 1) * share], labels[part * share:(part + 1) * share]
 
     def on_epoch_end(self):
         # Keras calls this once the epoch's workers have stopped, so no batch of the epoch
@@ -144,16 +151,27 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
     workers = worker_threads(config.data)
     # Slicing an array in memory costs less than handing the batch over from a thread.
     reads = workers if augmenter is not None or dataset.streamed else 1
+    part = process_part()
     training = Batches(dataset.x_train, dataset.y_train, batch_size, seed=config.seed,
                        augmenter=augmenter, workers=reads, epoch=epoch,
-                       first_batch=first_batch)
+                       first_batch=first_batch, part=part)
     # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
     inputs = {"x": training, "shuffle": False, "callbacks": [SetEpoch(training)]}
-    if dataset.streamed:
+    if dataset.streamed or part[1] > 1:
         return {**inputs, "validation_data": Batches(dataset.x_val, dataset.y_val, batch_size,
-                                                     workers=workers)}
+                                                     workers=workers, part=part)}
     return {**inputs, "validation_data": (dataset.x_val, dataset.y_val),
             "validation_batch_size": batch_size}
+
+
+def process_part():
+    """`(index, count)`: this process among those training one run together (JAX's
+    distributed runtime, `app.distribution.join_cluster`), `(0, 1)` alone."""
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    return jax.process_index(), jax.process_count()
 
 
 def _splits_only_arrays(config):

@@ -74,6 +74,8 @@ def format_summary(metrics, run_dir):
     distribution = metrics.get("distribution", {})
     if distribution.get("strategy", "none") != "none":
         replicas, strategy = distribution["replicas"], distribution["strategy"]
+        if distribution.get("processes", 1) > 1:
+            strategy += f", {distribution['processes']} processes"
         mesh = distribution.get("mesh")
         if mesh is not None:  # model-parallel: `replicas` counts the batch axis only
             replicas = mesh["batch"] * mesh["model"]

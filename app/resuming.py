@@ -214,7 +214,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         if self._saved_metrics is not None:
             self._add_saved_metrics()
         done = self._batches_before + batch + 1
-        if batch + 1 == self.params.get("steps"):
+        steps = self.params.get("steps")
+        # With several steps per execution Keras numbers the last call's end as a full one,
+        # past the epoch's last batch.
+        if steps is not None and batch + 1 >= steps:
             return  # the epoch's last batch: its end saves (and stops if asked) in a moment
         if self.interrupt_signal is not None:
             self.save(done)

@@ -10,6 +10,7 @@ out-of-memory kill) and resumed with `fit --resume` until it finishes. It prints
 | interruptions | kills that landed while the run was training |
 | survived | of those, the runs that `fit --resume` finished |
 | identical | finished runs whose `history.csv` and test metrics equal the uninterrupted run's |
+| within 1e-5 | finished runs whose history and test metrics are within a relative 1e-5 of it, with the same best epoch (resumed within an epoch under several steps per execution, that epoch's running loss adds up in another order) |
 | lost | runs that could not be resumed (no state to resume from, or resume failed) |
 | stale bytes | bytes left in the output directory besides the finished runs |
 
@@ -46,8 +47,8 @@ def main():
     for backend in arguments.backends.split(","):
         with tempfile.TemporaryDirectory() as scratch:
             rows.append(_measure(backend, Path(scratch), arguments, chooser))
-    print("| backend | interruptions | survived | identical | lost | stale bytes |")
-    print("|---|---|---|---|---|---|")
+    print("| backend | interruptions | survived | identical | within 1e-5 | lost | stale bytes |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(value) for value in row) + " |")
 
@@ -59,7 +60,7 @@ def _measure(backend, scratch, arguments, chooser):
     _fit(backend, scratch, ["fit", *_sets([*settings, "output.name=reference"])])
     reference = scratch / "runs" / "reference"
     duration = json.loads((reference / "metrics.json").read_text())["wall_time_seconds"]
-    interruptions = survived = identical = lost = 0
+    interruptions = survived = identical = close = lost = 0
     for number in range(arguments.runs):
         name = f"killed-{number}"
         partial = scratch / "runs" / f"{name}.partial"
@@ -80,10 +81,11 @@ def _measure(backend, scratch, arguments, chooser):
             continue
         survived += 1
         identical += _same_results(reference, finished)
+        close += _close_results(reference, finished)
     kept = {reference, *(scratch / "runs" / f"killed-{n}" for n in range(arguments.runs))}
     stale = sum(path.stat().st_size for path in (scratch / "runs").rglob("*")
                 if path.is_file() and not any(folder in path.parents for folder in kept))
-    return backend, interruptions, survived, identical, lost, stale
+    return backend, interruptions, survived, identical, close, lost, stale
 
 
 def _sets(settings):
@@ -130,6 +132,22 @@ def _same_results(reference, run):
     if not (same_history and same_metrics):
         print(f"{run.name}: differs from the uninterrupted run", file=sys.stderr)
     return int(same_history and same_metrics)
+
+
+def _close_results(reference, run):
+    import numpy as np
+
+    histories = [np.genfromtxt(folder / "history.csv", delimiter=",", names=True)
+                 for folder in (reference, run)]
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (reference, run)]
+    return int(histories[0].dtype.names == histories[1].dtype.names
+               and histories[0].shape == histories[1].shape
+               and all(np.allclose(histories[0][name], histories[1][name], rtol=1e-5, atol=0)
+                       for name in histories[0].dtype.names)
+               and metrics[0]["best"]["epoch"] == metrics[1]["best"]["epoch"]
+               and np.allclose([metrics[0]["test"]["loss"], metrics[0]["test"]["accuracy"]],
+                               [metrics[1]["test"]["loss"], metrics[1]["test"]["accuracy"]],
+                               rtol=1e-5, atol=0))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,11 @@ class NaNGuard(keras.callbacks.Callback):
             return
         self.triggered = True
         self.model.stop_training = True
+        # With several steps per execution, `batch` is the last of the call (Keras numbers
+        # the epoch's last call as a full one).
+        steps = (self.params or {}).get("steps")
+        if steps is not None:
+            batch = min(batch, steps - 1)
         sync_jax_state(self.model)  # the weights the offending update wrote
         layer = _first_layer_with_non_finite_weights(self.model)
         restore(self.model.weights, self._best_weights)

@@ -49,9 +49,11 @@ def main(strategy, synchronized, overrides):
     stop_distribution(devices)
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(single, several))
     # Where JAX placed each weight after training: the mesh axes of its dimensions.
-    placed = {weight.path: [str(axis) if axis else None
-                            for axis in getattr(weight.value.sharding, "spec", ())]
-              for weight in model.weights}
+    placed = {}
+    if os.environ["KERAS_BACKEND"] == "jax":
+        placed = {weight.path: [str(axis) if axis else None
+                                for axis in getattr(weight.value.sharding, "spec", ())]
+                  for weight in model.weights}
     print(json.dumps({"replicas": devices.replicas, "max_abs_difference": difference,
                       "distribution": devices.describe(), "placed": placed}))
 

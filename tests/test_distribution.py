@@ -2,16 +2,21 @@
 and weights after training on two devices equal to one device on the same global batch."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
+import keras
 import numpy as np
 import pytest
 
 from app.config import DistributionConfig, load_config
 from app.data import load_dataset
-from app.distribution import (Devices, check_distribution, model_parallel_layout,
-                              start_distribution)
+from app.distribution import (Cluster, Devices, check_cluster, check_distribution,
+                              model_parallel_layout, read_cluster, start_distribution)
 from app.errors import UserError
-from tests.helpers import BACKEND, run_subprocess
+from tests.helpers import BACKEND, REPO, run_subprocess
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -237,3 +242,100 @@ def test_fit_prints_how_each_variable_is_sharded(tmp_path):
     run_dir, = tmp_path.iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["distribution"]["mesh"] == {"batch": 1, "model": 2}
+
+
+# Several processes ------------------------------------------------------------------------
+
+def test_a_cluster_comes_from_the_flags_or_keras_variables():
+    assert read_cluster() == Cluster() and not Cluster().several
+    assert read_cluster("10.0.0.2:1234", 2, 1, environ={}) == Cluster("10.0.0.2:1234", 2, 1)
+    environ = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.2:1234",
+               "KERAS_DISTRIBUTION_NUM_PROCESSES": "4", "KERAS_DISTRIBUTION_PROCESS_ID": "3"}
+    assert read_cluster(environ=environ) == Cluster("10.0.0.2:1234", 4, 3)
+    assert read_cluster(process_id=2, environ=environ).process_id == 2  # a flag wins
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(num_processes=2), "--num-processes 2 needs --coordinator HOST:PORT"),
+    (dict(coordinator="10.0.0.2:1234", num_processes=2),
+     "--num-processes 2 needs --coordinator HOST:PORT (process 0's address) and --process-id"),
+    (dict(coordinator="10.0.0.2", num_processes=2, process_id=0),
+     "--coordinator must be HOST:PORT, e.g. 10.0.0.2:1234; got '10.0.0.2'"),
+    (dict(coordinator="h:1", num_processes=2, process_id=2),
+     "--process-id must be 0 to 1 for 2 processes; got 2"),
+])
+def test_an_incomplete_cluster_is_one_line(arguments, message):
+    with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        read_cluster(**arguments, environ={})
+    with pytest.raises(UserError, match="KERAS_DISTRIBUTION_PROCESS_ID must be an integer"):
+        read_cluster(environ={"KERAS_DISTRIBUTION_PROCESS_ID": "one"})
+
+
+@pytest.mark.parametrize("backend, strategy, message", [
+    ("tensorflow", "mirrored", "fails in Keras 3.15 (keras-team/keras#20585); use --backend "
+                               "jax --distribution data-parallel with --coordinator"),
+    ("torch", "none", "Keras 3 has no multi-device training on the torch backend"),
+    ("jax", "none", "--num-processes 2 trains data-parallel over the devices of every "
+                    "process; add --distribution data-parallel"),
+    ("jax", "model-parallel", "add --distribution data-parallel"),
+])
+def test_several_processes_are_refused_where_they_cannot_train(backend, strategy, message):
+    with pytest.raises(UserError) as error:
+        check_cluster(Cluster("h:1", 2, 0), DistributionConfig(strategy=strategy), backend)
+    assert message in str(error.value)
+    check_cluster(Cluster(), DistributionConfig(strategy=strategy), backend)
+
+
+@pytest.mark.parametrize("command", ["fit", "tune"])
+def test_the_cli_refuses_an_impossible_cluster_before_anything_starts(command, run_cli,
+                                                                      runs_dir):
+    strategy = "none" if BACKEND == "jax" else STRATEGY.get(BACKEND, "none")
+    code, _, err = run_cli(command, "--coordinator", "127.0.0.1:1", "--num-processes", "2",
+                           "--process-id", "0", "--distribution", strategy)
+    assert code == 2 and err.count("\n") == 1, err
+    assert not runs_dir.exists()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="several processes train on JAX only")
+def test_two_processes_train_to_the_weights_of_one_and_only_process_zero_writes(tmp_path):
+    settings = ["fit", "--distribution", "data-parallel"]
+    for setting in ("model.size=student", "model.dropout=0.0", "training.epochs=2",
+                    "training.verbose=0", "training.batch_size=32", "output.timestamp=false",
+                    "optimizer.name=sgd", "optimizer.momentum=0.9", "schedule.lr=0.05"):
+        settings += ["--set", setting]
+    coordinator = f"127.0.0.1:{free_port()}"
+    environment = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+                       PYTHONPATH=str(REPO), **TWO_DEVICES)
+    # Process 1 as a launcher starts it, from Keras's variables; process 0 from the flags.
+    second = subprocess.Popen(
+        [sys.executable, "-m", "app", *settings, "--set", f"output.dir={tmp_path / 'one'}"],
+        env={**environment, "KERAS_DISTRIBUTION_JOB_ADDRESSES": coordinator,
+             "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "1"},
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_subprocess(["-m", "app", *settings, "--coordinator", coordinator,
+                            "--num-processes", "2", "--process-id", "0",
+                            "--set", f"output.dir={tmp_path / 'zero'}"], env=TWO_DEVICES)
+    out, err = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + err[-2000:]
+    assert "devices           4 (data-parallel, 2 processes)" in first.stdout
+    assert out.strip().endswith("process 1 of 2: trained with process 0, which writes the run "
+                                "directory")
+    assert not (tmp_path / "one").exists()
+    single = run_subprocess(["-m", "app", *settings, "--set", f"output.dir={tmp_path / 'single'}"],
+                            env=FOUR_DEVICES)
+    assert single.returncode == 0, single.stderr[-2000:]
+    runs = [tmp_path / folder / "mlp-student" for folder in ("zero", "single")]
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    assert metrics[0]["distribution"] == {"strategy": "data-parallel", "replicas": 4,
+                                          "processes": 2}
+    assert metrics[0]["best"]["epoch"] == metrics[1]["best"]["epoch"]
+    assert metrics[0]["best"]["value"] == pytest.approx(metrics[1]["best"]["value"], rel=1e-5)
+    weights = [keras.saving.load_model(run / "best.keras").get_weights() for run in runs]
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(*weights)) < 1e-5

@@ -10,7 +10,8 @@ import pytest
 from app.config import load_config
 from app.data import load_dataset
 from app.engine import build_compiled_model, fit_configured, resolve_config
-from app.execution import AUTO_JIT_COMPILE, AUTO_STEPS_PER_EXECUTION, execution_settings
+from app.errors import UserError
+from app.execution import AUTO_STEPS_PER_EXECUTION, check_execution, steps_per_execution
 from callbacks import GradientAccumulation, Lookahead, RAdam
 from tests.helpers import BACKEND, fit, fit_arguments
 
@@ -92,16 +93,21 @@ def test_several_steps_per_execution_train_like_one(run_cli, runs_dir):
 
 
 def test_auto_picks_per_backend_and_one_step_for_per_batch_features():
-    settings = execution_settings(load_config(), BACKEND)
-    assert settings == {"steps_per_execution": AUTO_STEPS_PER_EXECUTION[BACKEND],
-                        "jit_compile": AUTO_JIT_COMPILE[BACKEND]}
+    assert steps_per_execution(load_config(), BACKEND) == AUTO_STEPS_PER_EXECUTION[BACKEND]
     for feature in ("training.accumulation_steps=2", "training.pruning.sparsity=0.5"):
-        config = load_config(overrides=[feature])
-        assert execution_settings(config, BACKEND)["steps_per_execution"] == 1
-    explicit = load_config(overrides=["training.steps_per_execution=3",
-                                      "training.jit_compile=false"])
-    assert execution_settings(explicit, BACKEND) == {"steps_per_execution": 3,
-                                                     "jit_compile": False}
+        assert steps_per_execution(load_config(overrides=[feature]), BACKEND) == 1
+    mirrored = load_config(overrides=["distribution.strategy=mirrored"])
+    assert steps_per_execution(mirrored, "tensorflow") == 1
+    explicit = load_config(overrides=["training.steps_per_execution=3"])
+    assert steps_per_execution(explicit, BACKEND) == 3
+
+
+def test_a_saved_model_keeps_one_step_per_execution_to_load_on_any_backend(tmp_path):
+    model, config, _ = build()
+    assert model.steps_per_execution == AUTO_STEPS_PER_EXECUTION[BACKEND]
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.steps_per_execution == 1  # Keras-torch refuses more when it compiles one
 
 
 @pytest.mark.parametrize("feature", ["training.accumulation_steps=2",
@@ -130,6 +136,16 @@ def test_torch_refuses_several_steps_per_execution_in_one_line(run_cli, runs_dir
                                  "the torch backend (Keras runs one step per call there); set "
                                  "it to 1 or auto\n")
     assert not runs_dir.exists()
+
+
+def test_several_steps_per_execution_under_mirrored_is_one_line():
+    config = load_config(overrides=["training.steps_per_execution=4",
+                                    "distribution.strategy=mirrored"])
+    with pytest.raises(UserError, match="^training.steps_per_execution 4 fails under "
+                                        "TensorFlow's mirrored strategy in Keras 3.15; set it "
+                                        "to 1 or auto$"):
+        check_execution(config, "tensorflow")
+    check_execution(config, "jax")  # the strategy itself is refused there, by its own check
 
 
 @pytest.mark.slow

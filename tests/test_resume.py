@@ -62,16 +62,19 @@ def test_ctrl_c_keeps_the_run_and_resume_ends_it_exactly(run_cli, runs_dir, refe
 
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras runs one step per call on torch")
+@pytest.mark.parametrize("steps, batch, position", [(4, 7, (1, 8)), (8, 23, (2, 0))],
+                         ids=["second-of-five-calls", "last-call-numbered-past-the-end"])
 def test_several_steps_per_execution_stop_at_an_execution_end_and_resume_exactly(
-        run_cli, runs_dir, monkeypatch):
-    settings = (*SETTINGS[:-1], "training.steps_per_execution=4")
+        run_cli, runs_dir, monkeypatch, steps, batch, position):
+    settings = (*SETTINGS[:-1], f"training.steps_per_execution={steps}")
     fit(run_cli, *settings, "output.name=reference")
-    interrupt_at(monkeypatch, 1, 7)  # the end of the second execution of four batches
+    # 20 batches per epoch: Keras numbers the end of the third call of eight batches 23.
+    interrupt_at(monkeypatch, 1, batch)
     code, out, _ = run_cli(*fit_arguments(*settings, "output.name=run"))
     partial = runs_dir / "run.partial"
     assert code == 130
     state = load_training_state(partial / "training_state.npz")
-    assert (state.epoch, state.batch) == (1, 8)
+    assert (state.epoch, state.batch) == position
     monkeypatch.undo()
     code, _, err = run_cli("fit", "--resume", str(partial))
     assert code == 0, err
@@ -210,7 +213,8 @@ def test_a_run_interrupted_in_fine_tunings_second_phase_resumes_exactly(run_cli,
         "output.timestamp=false")
     transfer = ("model.architecture=transfer", "model.width=null",
                 f"model.backbone={runs_dir / 'source'}", "training.epochs=2",
-                "training.fine_tune.epochs=2", "output.timestamp=false")
+                "training.fine_tune.epochs=2", "output.timestamp=false",
+                "training.steps_per_execution=1")  # `interrupt_at` needs every batch's end
     fit(run_cli, *transfer, "output.name=reference")
     interrupt_at(monkeypatch, 2, 4)  # the first epoch of phase two
     code, _, err = run_cli(*fit_arguments(*transfer, "output.name=run"))

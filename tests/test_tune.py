@@ -202,8 +202,11 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir
     its saved state (KerasTuner alone would run it again from its start), and every trial
     scores exactly as in an uninterrupted search."""
     # Trials in this process (no worker processes), so that the spy below sees them.
+    # One step per call: a mid-epoch state then resumes bit for bit (several steps per call
+    # sum that epoch's running loss in another order, see test_resume).
     settings = ["tuning.max_trials=2", "training.epochs=8", "training.checkpoint_minutes=0.001",
-                "output.timestamp=false", "tuning.trials_per_process=0"]
+                "output.timestamp=false", "tuning.trials_per_process=0",
+                "training.steps_per_execution=1"]
     code, _, err = run_cli(*tune_arguments(*settings, "output.name=reference"))
     assert code == 0, err
     command = [sys.executable, "-m", "app", "tune", *tune_arguments(*settings)[1:],

@@ -9,8 +9,9 @@ python -m app tune --resume runs/mlp-teacher-search-20261122-083858.partial
 import os
 import socket
 
-from app.commands.arguments import (BACKEND, CONFIGURED, DISTRIBUTED, distribution_flags,
-                                    load_configuration, positive_int, start_backend)
+from app.commands.arguments import (BACKEND, CONFIGURED, DISTRIBUTED, cluster_of,
+                                    distribution_flags, load_configuration, positive_int,
+                                    start_backend)
 from app.config.schema import TUNERS
 from app.errors import UserError
 
@@ -39,6 +40,11 @@ def add_parser(commands):
 
 def handle(arguments):
     from app.reporting import format_summary
+
+    if cluster_of(arguments).several:
+        raise UserError("tune runs its trials in one process (or in its own worker "
+                        "processes); use --distribution data-parallel over this host's "
+                        "devices, or --chief and --worker to spread trials over hosts")
 
     flags = {**distribution_flags(arguments), "tuning.tuner": arguments.tuner,
              "tuning.max_trials": arguments.max_trials}
