@@ -66,6 +66,8 @@ class Devices:
         mesh: `model-parallel`'s `{"batch": B, "model": M}`, else `None`.
         layout: `model-parallel`'s axes per variable path (`None`: not sharded), else `None`.
         processes: how many processes the devices belong to (`Cluster`).
+        jax_distribution: the `keras.distribution.Distribution` of `data-parallel` and
+            `model-parallel`, else `None`.
     """
 
     strategy: str = "none"
@@ -74,9 +76,17 @@ class Devices:
     mesh: dict = None
     layout: dict = None
     processes: int = 1
+    jax_distribution: object = None
 
     def scope(self):
-        """The context to build models, optimizers and metrics in."""
+        """The context to build models, optimizers and metrics in, and to train them in.
+
+        `start_distribution` sets JAX's distribution globally as well; this scope sets it
+        again where something cleared it in between (`keras.backend.clear_session`, which
+        KerasTuner calls before building each trial's model).
+        """
+        if self.jax_distribution is not None:
+            return self.jax_distribution.scope()
         if self.tf_strategy is None:
             return contextlib.nullcontext()
         return self.tf_strategy.scope()
@@ -281,9 +291,11 @@ def start_distribution(distribution_config, variables=None):
             import jax
 
             # Several processes each give Keras their own part of every batch (`Batches`).
-            keras.distribution.set_distribution(keras.distribution.DataParallel(
-                devices=devices, auto_shard_dataset=jax.process_count() == 1))
-            return Devices(strategy, len(devices), processes=jax.process_count())
+            data_parallel = keras.distribution.DataParallel(
+                devices=devices, auto_shard_dataset=jax.process_count() == 1)
+            keras.distribution.set_distribution(data_parallel)
+            return Devices(strategy, len(devices), processes=jax.process_count(),
+                           jax_distribution=data_parallel)
         return _start_model_parallel(distribution_config, devices, variables())
     import tensorflow as tf
 
@@ -389,6 +401,8 @@ def _start_model_parallel(distribution_config, devices, shapes):
     for path, axes in layout.items():
         if axes is not None:
             layout_map[re.escape(path)] = axes
-    keras.distribution.set_distribution(keras.distribution.ModelParallel(
-        layout_map=layout_map, batch_dim_name="batch"))
-    return Devices("model-parallel", mesh["batch"], mesh=mesh, layout=layout)
+    model_parallel = keras.distribution.ModelParallel(layout_map=layout_map,
+                                                      batch_dim_name="batch")
+    keras.distribution.set_distribution(model_parallel)
+    return Devices("model-parallel", mesh["batch"], mesh=mesh, layout=layout,
+                   jax_distribution=model_parallel)

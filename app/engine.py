@@ -28,7 +28,7 @@ from app.tables.architectures import ARCHITECTURES
 NOISE_SCALE_SAMPLES = 1024
 
 
-def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=None,
+def train_and_test(config, dataset, checkpoint_path, teacher_path=None, state_path=None,
                    resume=False, start=None):
     """Trains the configured model on the configured devices, keeps the best epoch's model
     at `checkpoint_path` and evaluates it once on the test split.
@@ -37,7 +37,8 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=No
         config: the resolved configuration.
         dataset: the `app.data.Dataset`.
         checkpoint_path: where the best epoch's model is saved (a `.keras` path).
-        teacher: a trained model to distil into the configured one (`distill`), or `None`.
+        teacher_path: the `.keras` file of a trained model to distil into the configured one
+            (`distill`), or `None`. It is loaded on the configured devices.
         state_path: where the training state is saved (`app.resuming`), so that an
             interrupted run can resume; `None` saves none.
         resume: continue from the state at `state_path` (`fit --resume`).
@@ -63,16 +64,13 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=No
             model = build_compiled_model(config, training_data, devices)
             if start is not None:
                 start(model)
+            trained = model
+            if teacher_path is not None:
+                trained = _distiller(teacher_path, model, config)
         if config.training.verbose:
             shapes = {variable.path: tuple(variable.shape) for variable in model.weights}
             for line in devices.sharding_lines(shapes):
                 print(line)
-        trained = model
-        if teacher is not None:
-            from app.distillation import build_distiller
-
-            trained = build_distiller(teacher, model, config.distillation,
-                                      metrics=[accuracy_metric(config)])
         state = None
         if state_path is not None:
             state = training_checkpoint(config, dataset, state_path, resume)
@@ -95,6 +93,17 @@ def train_and_test(config, dataset, checkpoint_path, teacher=None, state_path=No
         metrics["stopped_by_nan_guard"] = nan_report
     metrics["distribution"] = devices.describe()
     return history, metrics
+
+
+def _distiller(teacher_path, student, config):
+    """The compiled `Distiller` of the teacher in `teacher_path` and `student`, built in the
+    devices' scope so that the teacher's weights are placed like the student's."""
+    from app.distillation import build_distiller
+    from app.model_files import load_model_file
+
+    teacher = load_model_file(teacher_path, compile=False)
+    return build_distiller(teacher, student, config.distillation,
+                           metrics=[accuracy_metric(config)])
 
 
 def training_checkpoint(config, dataset, state_path, resume):

@@ -13,6 +13,7 @@ tuner.search(verbose=0)
 ```
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -110,7 +111,8 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
         config = self.trial_config(hp)
         # Every trial starts from the same seed: differences come from the values, not luck.
         keras.utils.set_random_seed(config.seed)
-        return build_compiled_model(config, self.training_data(config), self.devices)
+        with self._on_devices():
+            return build_compiled_model(config, self.training_data(config), self.devices)
 
     def fit(self, hp, model, *args, callbacks=(), **fit_arguments):
         """Trains like `fit` does; KerasTuner's callbacks run after the configured ones.
@@ -124,12 +126,18 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
         config = self.trial_config(hp)
         dataset = self.training_data(config)
         try:
-            history, _ = fit_configured(model, config, dataset, callbacks=list(callbacks),
-                                        verbose=0, checkpoint=self._checkpoint(config, dataset),
-                                        **fit_arguments)
+            with self._on_devices():
+                history, _ = fit_configured(model, config, dataset, callbacks=list(callbacks),
+                                            verbose=0,
+                                            checkpoint=self._checkpoint(config, dataset),
+                                            **fit_arguments)
         except UserError as error:
             raise keras_tuner.errors.FailedTrialError(str(error)) from None
         return history
+
+    def _on_devices(self):
+        # KerasTuner clears the session, and with it JAX's distribution, before each build.
+        return contextlib.nullcontext() if self.devices is None else self.devices.scope()
 
     def _checkpoint(self, config, dataset):
         """The training checkpoint of this `fit` of the trial (one per execution)."""

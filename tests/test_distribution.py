@@ -1,6 +1,7 @@
 """`distribution.strategy`: checked against the backend, clear TPU failures, even sharding,
 and weights after training on two devices equal to one device on the same global batch."""
 
+import csv
 import json
 import os
 import socket
@@ -286,13 +287,30 @@ def test_several_processes_are_refused_where_they_cannot_train(backend, strategy
     check_cluster(Cluster(), DistributionConfig(strategy=strategy), backend)
 
 
-@pytest.mark.parametrize("command", ["fit", "tune"])
+CLUSTER = ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]
+
+
+@pytest.mark.parametrize("command", [["fit"], ["tune"], ["distill", "--teacher", "nowhere"]])
 def test_the_cli_refuses_an_impossible_cluster_before_anything_starts(command, run_cli,
                                                                       runs_dir):
     strategy = "none" if BACKEND == "jax" else STRATEGY.get(BACKEND, "none")
-    code, _, err = run_cli(command, "--coordinator", "127.0.0.1:1", "--num-processes", "2",
-                           "--process-id", "0", "--distribution", strategy)
+    code, _, err = run_cli(*command, *CLUSTER, "--distribution", strategy)
     assert code == 2 and err.count("\n") == 1, err
+    assert not runs_dir.exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--chief", "127.0.0.1:2"], "--num-processes trains every trial across the processes; "
+                                 "--resume, --chief and --worker run a search in one process"),
+    (["--resume", "runs/x.partial"], "--num-processes trains every trial across the processes"),
+    (["--set", "tuning.trials_per_process=5"],
+     "--num-processes runs every trial in the processes it started; set "
+     "tuning.trials_per_process: 0"),
+])
+def test_tune_in_several_processes_refuses_what_runs_in_one(arguments, message, run_cli,
+                                                            runs_dir):
+    code, _, err = run_cli("tune", *CLUSTER, "--distribution", "data-parallel", *arguments)
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
     assert not runs_dir.exists()
 
 
@@ -302,32 +320,51 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(BACKEND != "jax", reason="several processes train on JAX only")
-def test_two_processes_train_to_the_weights_of_one_and_only_process_zero_writes(tmp_path):
-    settings = ["fit", "--distribution", "data-parallel"]
-    for setting in ("model.size=student", "model.dropout=0.0", "training.epochs=2",
-                    "training.verbose=0", "training.batch_size=32", "output.timestamp=false",
-                    "optimizer.name=sgd", "optimizer.momentum=0.9", "schedule.lr=0.05"):
-        settings += ["--set", setting]
+# The same start and updates on one device or several, with SGD: Adam divides by the root of
+# tiny second moments, which magnifies the order of the devices' sums.
+SGD_SETTINGS = ["model.size=student", "model.dropout=0.0", "training.epochs=2",
+                "training.verbose=0", "training.batch_size=32", "output.timestamp=false",
+                "optimizer.name=sgd", "optimizer.momentum=0.9", "schedule.lr=0.05"]
+
+
+def as_flags(settings):
+    return [flag for setting in settings for flag in ("--set", setting)]
+
+
+def run_in_two_processes(arguments, output):
+    """Runs `python -m app *arguments` as processes 0 and 1 of two, two virtual devices each,
+    writing into `output / "zero"` and `output / "one"`; returns both results."""
     coordinator = f"127.0.0.1:{free_port()}"
     environment = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
                        PYTHONPATH=str(REPO), **TWO_DEVICES)
     # Process 1 as a launcher starts it, from Keras's variables; process 0 from the flags.
     second = subprocess.Popen(
-        [sys.executable, "-m", "app", *settings, "--set", f"output.dir={tmp_path / 'one'}"],
+        [sys.executable, "-m", "app", *arguments, "--set", f"output.dir={output / 'one'}"],
         env={**environment, "KERAS_DISTRIBUTION_JOB_ADDRESSES": coordinator,
              "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "1"},
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = run_subprocess(["-m", "app", *settings, "--coordinator", coordinator,
+    first = run_subprocess(["-m", "app", *arguments, "--coordinator", coordinator,
                             "--num-processes", "2", "--process-id", "0",
-                            "--set", f"output.dir={tmp_path / 'zero'}"], env=TWO_DEVICES)
+                            "--set", f"output.dir={output / 'zero'}"], env=TWO_DEVICES)
     out, err = second.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + err[-2000:]
-    assert "devices           4 (data-parallel, 2 processes)" in first.stdout
     assert out.strip().endswith("process 1 of 2: trained with process 0, which writes the run "
                                 "directory")
-    assert not (tmp_path / "one").exists()
+    assert not (output / "one").exists()
+    return first, subprocess.CompletedProcess(second.args, 0, out, err)
+
+
+def max_weight_difference(first, second):
+    weights = [keras.saving.load_model(path).get_weights() for path in (first, second)]
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="several processes train on JAX only")
+def test_two_processes_train_to_the_weights_of_one_and_only_process_zero_writes(tmp_path):
+    settings = ["fit", "--distribution", "data-parallel", *as_flags(SGD_SETTINGS)]
+    first, _ = run_in_two_processes(settings, tmp_path)
+    assert "devices           4 (data-parallel, 2 processes)" in first.stdout
     single = run_subprocess(["-m", "app", *settings, "--set", f"output.dir={tmp_path / 'single'}"],
                             env=FOUR_DEVICES)
     assert single.returncode == 0, single.stderr[-2000:]
@@ -337,5 +374,86 @@ def test_two_processes_train_to_the_weights_of_one_and_only_process_zero_writes(
                                           "processes": 2}
     assert metrics[0]["best"]["epoch"] == metrics[1]["best"]["epoch"]
     assert metrics[0]["best"]["value"] == pytest.approx(metrics[1]["best"]["value"], rel=1e-5)
-    weights = [keras.saving.load_model(run / "best.keras").get_weights() for run in runs]
-    assert max(float(np.max(np.abs(a - b))) for a, b in zip(*weights)) < 1e-5
+    assert max_weight_difference(*(run / "best.keras" for run in runs)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="several processes train on JAX only")
+def test_tune_in_two_processes_runs_the_trials_of_one(tmp_path):
+    arguments = ["tune", "--distribution", "data-parallel",
+                 *as_flags([*SGD_SETTINGS, "search={model.width: {choice: [16, 32]}}",
+                            "tuning.max_trials=2"])]
+    run_in_two_processes(arguments, tmp_path)
+    single = run_subprocess(["-m", "app", *arguments, "--set", f"output.dir={tmp_path / 'single'}"],
+                            env=FOUR_DEVICES)
+    assert single.returncode == 0, single.stderr[-2000:]
+    runs = [tmp_path / folder / "mlp-student-search" for folder in ("zero", "single")]
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    assert metrics[0]["distribution"]["processes"] == 2
+    # Every trial trained across both processes: the same values, scored as on one process.
+    boards = [list(csv.DictReader((run / "leaderboard.csv").open())) for run in runs]
+    assert [row["model.width"] for row in boards[0]] == [row["model.width"] for row in boards[1]]
+    assert [float(row["val_loss"]) for row in boards[0]] == pytest.approx(
+        [float(row["val_loss"]) for row in boards[1]], rel=1e-5)
+    assert max_weight_difference(*(run / "best.keras" for run in runs)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    from app.cli import main
+
+    runs = tmp_path_factory.mktemp("teacher")
+    # 1,256 training and 270 validation samples, which two devices share without trimming,
+    # so that a student on one device sees the same data.
+    assert main(["fit", *as_flags(["data.test_fraction=0.1505", "training.epochs=2",
+                                   "training.verbose=0",
+                                   "output.timestamp=false", f"output.dir={runs}",
+                                   "output.name=teacher"])]) == 0
+    return runs / "teacher"
+
+
+def distill_arguments(teacher_run, strategy):
+    return ["distill", "--teacher", str(teacher_run), "--distribution", strategy,
+            *as_flags([*SGD_SETTINGS, "output.name=distilled"])]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND == "torch", reason="Keras has no multi-device training on torch")
+def test_distill_on_two_devices_trains_the_students_of_one_device(teacher_run, tmp_path):
+    # One device: no strategy on JAX; on TensorFlow `mirrored` over the one CPU, whose
+    # strategies shuffle the arrays with Keras instead of `Batches` (`app.feeding`).
+    one_device = {"jax": "none", "tensorflow": "mirrored"}[BACKEND]
+    for devices, strategy, launch in [("two", STRATEGY[BACKEND], APP_ON_TWO_DEVICES[BACKEND]),
+                                      ("one", one_device, ["-m", "app"])]:
+        result = run_subprocess([*launch, *distill_arguments(teacher_run, strategy),
+                                 "--set", f"output.dir={tmp_path / devices}"], env=TWO_DEVICES)
+        assert result.returncode == 0, result.stderr[-3000:]
+    runs = [tmp_path / devices / "distilled" for devices in ("two", "one")]
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["distribution"] == {"strategy": STRATEGY[BACKEND], "replicas": 2}
+    for student in ("best.keras", "scratch/best.keras"):  # distilled, and from the labels
+        assert max_weight_difference(*(run / student for run in runs)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="several processes train on JAX only")
+def test_distill_in_two_processes_trains_the_students_of_one(teacher_run, tmp_path):
+    arguments = distill_arguments(teacher_run, "data-parallel")
+    run_in_two_processes(arguments, tmp_path)
+    single = run_subprocess(["-m", "app", *arguments, "--set", f"output.dir={tmp_path / 'single'}"],
+                            env=FOUR_DEVICES)
+    assert single.returncode == 0, single.stderr[-2000:]
+    runs = [tmp_path / folder / "distilled" for folder in ("zero", "single")]
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["distribution"]["processes"] == 2
+    for student in ("best.keras", "scratch/best.keras"):
+        assert max_weight_difference(*(run / student for run in runs)) < 1e-5
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="model-parallel is JAX's")
+def test_distill_refuses_model_parallel_in_one_line(run_cli, runs_dir):
+    code, _, err = run_cli("distill", "--teacher", "nowhere", "--distribution", "model-parallel")
+    assert code == 2 and err == ("error: distill trains a student beside its teacher, and "
+                                 "model-parallel lays out one model; use --distribution "
+                                 "data-parallel\n")
+    assert not runs_dir.exists()

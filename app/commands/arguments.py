@@ -7,7 +7,9 @@ config = prepare(arguments, flags={"distribution.strategy": arguments.distributi
 """
 
 import argparse
+import dataclasses
 import os
+import tempfile
 
 from app.backend import BACKENDS, DEFAULT_BACKEND
 from app.config.schema import DISTRIBUTION_STRATEGIES
@@ -116,3 +118,14 @@ def prepare(arguments, flags=None, defaults=None, cluster=None):
     config = load_configuration(arguments, flags, defaults)
     start_backend(arguments.backend, config, cluster)
     return config
+
+
+def run_beside_process_zero(run, config, cluster, *arguments):
+    """Runs `run(config, *arguments)` in a process other than 0 of `cluster`, in step with
+    process 0, which writes the run directory: this process's own goes to a temporary
+    folder, removed after."""
+    with tempfile.TemporaryDirectory(prefix="app-process-") as scratch:
+        run(dataclasses.replace(config, output=dataclasses.replace(config.output, dir=scratch)),
+            *arguments)
+    print(f"process {cluster.process_id} of {cluster.num_processes}: trained with process 0, "
+          f"which writes the run directory")

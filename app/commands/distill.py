@@ -12,14 +12,16 @@ metrics["distillation"]["distilled"]["test_accuracy"]
 ```
 """
 
-from app.commands.arguments import BACKEND, CONFIGURED, positive_float, prepare
+from app.commands.arguments import (BACKEND, CONFIGURED, DISTRIBUTED, cluster_of,
+                                    distribution_flags, positive_float, prepare,
+                                    run_beside_process_zero)
 from app.distillation import STUDENT_DEFAULTS
 from app.errors import UserError
 
 
 def add_parser(commands):
     parser = commands.add_parser(
-        "distill", parents=[BACKEND, CONFIGURED],
+        "distill", parents=[BACKEND, CONFIGURED, DISTRIBUTED],
         help="distil a trained teacher into a small student",
         description="Train the student (the model section; model.size defaults to student) "
                     "from the labels alone and by distillation from the teacher in RUN_DIR, "
@@ -38,9 +40,13 @@ def add_parser(commands):
 def handle(arguments):
     from app.reporting import format_summary
 
-    flags = {"distillation.temperature": arguments.temperature,
+    flags = {**distribution_flags(arguments), "distillation.temperature": arguments.temperature,
              "distillation.alpha": arguments.alpha}
-    config = prepare(arguments, flags, defaults=STUDENT_DEFAULTS)
+    cluster = cluster_of(arguments)
+    config = prepare(arguments, flags, defaults=STUDENT_DEFAULTS, cluster=cluster)
+    if cluster.process_id > 0:
+        run_beside_process_zero(run_distill, config, cluster, arguments.teacher)
+        return 0
     run_dir, metrics = run_distill(config, arguments.teacher)
     print(format_summary(metrics, run_dir))
     print(format_comparison(metrics["distillation"]))
@@ -66,10 +72,10 @@ def run_distill(config, teacher_dir):
                             check_run_directory, load_run_dataset, plan_run_directory,
                             write_reports, write_run_start)
 
+    _check_supported(config)
     teacher_dir = check_run_directory(teacher_dir)
     teacher_config = load_config(teacher_dir / CONFIG_FILE)
     config = with_teacher_data(config, teacher_config)
-    _check_supported(config)
     dataset = load_run_dataset(teacher_dir, teacher_config,
                                remedy="retrain the teacher on the current data")
     check_model_fits_data(config.model, dataset)
@@ -100,7 +106,7 @@ def run_distill(config, teacher_dir):
                       title=f"{staging.final_path.name} (scratch)")
         print(f"distilled student ({_describe(config.distillation)}):")
         history, metrics = train_and_test(config, dataset, staging.folder / BEST_MODEL_FILE,
-                                          teacher=teacher)
+                                          teacher_path=teacher_dir / BEST_MODEL_FILE)
         metrics["distillation"] = {
             # The run's name, not its absolute path: metrics and the exported package's
             # metadata travel to other machines and must not carry local folder names.
@@ -120,8 +126,9 @@ def run_distill(config, teacher_dir):
 
 
 def _check_supported(config):
-    if config.distribution.strategy != "none":
-        raise UserError("distill runs on one device; set distribution.strategy: none")
+    if config.distribution.strategy == "model-parallel":
+        raise UserError("distill trains a student beside its teacher, and model-parallel lays "
+                        "out one model; use --distribution data-parallel")
     if config.training.noise_scale:
         raise UserError("training.noise_scale measures the label loss alone and does not "
                         "apply to distill; set it to false")

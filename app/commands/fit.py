@@ -11,11 +11,11 @@ run_dir, metrics = run_fit(config)   # runs/mlp-teacher-<timestamp>/, metrics.js
 
 import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 
 from app.commands.arguments import (BACKEND, CONFIGURED, DISTRIBUTED, cluster_of,
-                                    distribution_flags, prepare, start_backend)
+                                    distribution_flags, prepare, run_beside_process_zero,
+                                    start_backend)
 from app.config import load_config
 from app.errors import UserError
 from app.rundir import CLASSES_FILE, CONFIG_FILE, PARTIAL_SUFFIX, STATE_FILE
@@ -54,21 +54,11 @@ def handle(arguments):
     else:
         config = prepare(arguments, distribution_flags(arguments), cluster=cluster)
         if cluster.process_id > 0:
-            _fit_beside_process_zero(config, cluster)
+            run_beside_process_zero(run_fit, config, cluster)
             return 0
         run_dir, metrics = run_fit(config)
     print(format_summary(metrics, run_dir))
     return 0
-
-
-def _fit_beside_process_zero(config, cluster):
-    """Trains in step with process 0, which writes the run: this process's own run
-    directory goes to a temporary folder, removed after."""
-    with tempfile.TemporaryDirectory(prefix="fit-process-") as scratch:
-        run_fit(dataclasses.replace(config, output=dataclasses.replace(config.output,
-                                                                        dir=scratch)))
-    print(f"process {cluster.process_id} of {cluster.num_processes}: trained with process 0, "
-          f"which writes the run directory")
 
 
 def check_partial_run(folder):

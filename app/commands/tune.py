@@ -11,7 +11,7 @@ import socket
 
 from app.commands.arguments import (BACKEND, CONFIGURED, DISTRIBUTED, cluster_of,
                                     distribution_flags, load_configuration, positive_int,
-                                    start_backend)
+                                    run_beside_process_zero, start_backend)
 from app.config.schema import TUNERS
 from app.errors import UserError
 
@@ -40,12 +40,12 @@ def add_parser(commands):
 
 def handle(arguments):
     from app.reporting import format_summary
+    from app.tuning import run_tune, trials_per_process
 
-    if cluster_of(arguments).several:
-        raise UserError("tune runs its trials in one process (or in its own worker "
-                        "processes); use --distribution data-parallel over this host's "
-                        "devices, or --chief and --worker to spread trials over hosts")
-
+    cluster = cluster_of(arguments)
+    if cluster.several and (arguments.resume or arguments.chief or arguments.worker):
+        raise UserError("--num-processes trains every trial across the processes; --resume, "
+                        "--chief and --worker run a search in one process each")
     flags = {**distribution_flags(arguments), "tuning.tuner": arguments.tuner,
              "tuning.max_trials": arguments.max_trials}
     if arguments.resume is not None:
@@ -61,10 +61,13 @@ def handle(arguments):
     else:
         config = load_configuration(arguments, flags)
     role = _role(arguments)
-    start_backend(arguments.backend, config)
-
-    from app.tuning import run_tune
-
+    if cluster.several and trials_per_process(config):
+        raise UserError("--num-processes runs every trial in the processes it started; set "
+                        "tuning.trials_per_process: 0")
+    start_backend(arguments.backend, config, cluster)
+    if cluster.process_id > 0:
+        run_beside_process_zero(run_tune, config, cluster)
+        return 0
     search_dir, metrics = run_tune(config, resume=arguments.resume, role=role)
     if search_dir is None:
         print("worker finished: the chief writes the search's results")
