@@ -304,7 +304,7 @@ def test_the_cli_refuses_an_impossible_cluster_before_anything_starts(command, r
                                  "--resume, --chief and --worker run a search in one process"),
     (["--resume", "runs/x.partial"], "--num-processes trains every trial across the processes"),
     (["--set", "tuning.trials_per_process=5"],
-     "--num-processes runs every trial in the processes it started; set "
+     "with --num-processes each process runs the trials itself; set "
      "tuning.trials_per_process: 0"),
 ])
 def test_tune_in_several_processes_refuses_what_runs_in_one(arguments, message, run_cli,

@@ -62,7 +62,7 @@ def handle(arguments):
         config = load_configuration(arguments, flags)
     role = _role(arguments)
     if cluster.several and trials_per_process(config):
-        raise UserError("--num-processes runs every trial in the processes it started; set "
+        raise UserError("with --num-processes each process runs the trials itself; set "
                         "tuning.trials_per_process: 0")
     start_backend(arguments.backend, config, cluster)
     if cluster.process_id > 0:
