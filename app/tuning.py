@@ -23,6 +23,7 @@ search_dir, metrics = run_tune(load_config("search.yaml"))
 import contextlib
 import dataclasses
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def run_trials(search_dir, config, dataset, trial_limit=None):
     from app.distribution import start_distribution, stop_distribution
     from app.hypermodel import TrialLimitReached, last_line
 
+    _hide_retracing_warnings()
     devices = start_distribution(config.distribution)
     try:
         tuner = _tuner(search_dir, config, dataset, devices, trial_limit)
@@ -152,6 +154,23 @@ def run_trials(search_dir, config, dataset, trial_limit=None):
                         f"failed trials in a row; the last: {last_line(str(error))}") from None
     finally:
         stop_distribution(devices)
+
+
+def _hide_retracing_warnings():
+    """Drops TensorFlow's "calls ... triggered tf.function retracing" warning. TensorFlow
+    counts the training steps of all models as one function (by their code), so trials that
+    diverge in their first batches, each with a new model, trace on most calls and set it off;
+    it says nothing about the search."""
+    if os.environ.get("KERAS_BACKEND") != "tensorflow":
+        return
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(known, _RetracingFilter) for known in logger.filters):
+        logger.addFilter(_RetracingFilter())
+
+
+class _RetracingFilter(logging.Filter):
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
 
 
 def _check_tuner_installed():
