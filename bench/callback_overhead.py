@@ -25,31 +25,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from throughput import WARMUP_EPOCHS, epoch_timer  # this script's folder is on the path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 BACKENDS = ("tensorflow", "jax", "torch")
-WARMUP_EPOCHS = 2
-
-
-def epoch_timer():
-    """A callback that records the wall time of every epoch in `.seconds`."""
-    import keras
-
-    class _EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
-
-    return _EpochTimer()
 
 
 def steady(seconds):
