@@ -22,12 +22,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from throughput import WARMUP_EPOCHS, epoch_timer  # this script's folder is on the path
+# This script's folder is on the path.
+from throughput import WARMUP_EPOCHS, epoch_timer, worker_result
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -75,13 +75,9 @@ def measure(architecture, epochs, repeat):
 
 
 def run_worker(backend, architecture, epochs, repeat):
-    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, __file__, "--worker", "--architecture", architecture,
-               "--epochs", str(epochs), "--repeat", str(repeat)]
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{backend} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return worker_result([__file__, "--worker", "--architecture", architecture,
+                          "--epochs", str(epochs), "--repeat", str(repeat)], backend,
+                         label=backend)
 
 
 def main():

@@ -241,13 +241,20 @@ def measure_default_command(backend):
 def run_worker(kind, backend, architecture, epochs, steps_per_execution="auto",
                jit_compile="auto"):
     """Runs one measurement in a fresh process and returns its JSON result."""
+    return worker_result(
+        [__file__, "--worker", kind, "--architecture", architecture, "--epochs", str(epochs),
+         "--steps-per-execution", str(steps_per_execution), "--jit-compile", str(jit_compile)],
+        backend, label=f"{kind}/{backend}/{architecture}")
+
+
+def worker_result(arguments, backend, label):
+    """Runs `python *arguments` on `backend` in a fresh process and returns the JSON of the
+    last line it prints; raises with its error output, naming `label`, if it fails."""
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, __file__, "--worker", kind, "--architecture", architecture,
-               "--epochs", str(epochs), "--steps-per-execution", str(steps_per_execution),
-               "--jit-compile", str(jit_compile)]
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True,
+                            env=environment, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{kind}/{backend}/{architecture} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"{label} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -391,7 +391,8 @@ def test_tune_in_two_processes_runs_the_trials_of_one(tmp_path):
     metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
     assert metrics[0]["distribution"]["processes"] == 2
     # Every trial trained across both processes: the same values, scored as on one process.
-    boards = [list(csv.DictReader((run / "leaderboard.csv").open())) for run in runs]
+    boards = [list(csv.DictReader((run / "leaderboard.csv").read_text().splitlines()))
+              for run in runs]
     assert [row["model.width"] for row in boards[0]] == [row["model.width"] for row in boards[1]]
     assert [float(row["val_loss"]) for row in boards[0]] == pytest.approx(
         [float(row["val_loss"]) for row in boards[1]], rel=1e-5)
