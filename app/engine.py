@@ -254,7 +254,8 @@ def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kep
         model: a model from `build_compiled_model` (or a distiller around one).
         config: the resolved configuration.
         dataset: the `app.data.Dataset`; its test split is not used.
-        checkpoint_path: where the best epoch's model is saved (a `.keras` path).
+        checkpoint_path: where the best epoch's model is saved (a `.keras` path) when
+            training ends; until then it is kept in memory, and in the training state.
         extra_callbacks: more callbacks, run after the configured ones (benchmarks use this).
         kept_model: the model that `best.keras` holds when it is not `model` (a
             distiller's student).
@@ -274,7 +275,8 @@ def train_model(model, config, dataset, checkpoint_path, extra_callbacks=(), kep
 
     checkpoint = BestModelCheckpoint(checkpoint_path, monitor=config.early_stopping.monitor,
                                      mode=config.early_stopping.mode, saved_model=kept_model,
-                                     start_from_epoch=first_counted_epoch(config))
+                                     start_from_epoch=first_counted_epoch(config),
+                                     defer_writing=True)
     result, nan_report = fit_configured(model, config, dataset,
                                         callbacks=[checkpoint, *extra_callbacks],
                                         checkpoint=state)
@@ -332,7 +334,7 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoin
                               if hasattr(callback, "state_dict")]
         configured.append(checkpoint)
     loop = _Loop(model, config, dataset, configured,
-                 config.training.verbose if verbose is None else verbose)
+                 config.training.verbose if verbose is None else verbose, checkpoint, stopper)
     resumed = checkpoint.resume_from if checkpoint is not None else None
     epochs = fit_arguments.pop("epochs", config.training.epochs)
     fine_tune = config.training.fine_tune
@@ -370,9 +372,12 @@ class _Loop:
     """The `model.fit` calls of a run: all of its epochs in one call, or, resumed within an
     epoch, the rest of that epoch and then the others, seen by the callbacks as one."""
 
-    def __init__(self, model, config, dataset, callbacks, verbose):
+    def __init__(self, model, config, dataset, callbacks, verbose, checkpoint=None,
+                 stopper=None):
         self.model, self.config, self.dataset = model, config, dataset
         self.callbacks, self.verbose = callbacks, verbose
+        # Among the callbacks, if configured: the `TrainingCheckpoint` and `EarlyStopping`.
+        self.checkpoint, self.stopper = checkpoint, stopper
         self.augmenter = None
         if config.augmentation.enabled:
             from app.augmentation import build_augmenter
@@ -394,9 +399,18 @@ class _Loop:
             self._built = True
         inputs = fit_inputs(self.dataset, self.config, self.augmenter, initial_epoch, first_batch)
         data_callbacks = inputs.pop("callbacks", [])
-        result = self.model.fit(
-            **inputs, callbacks=[*data_callbacks, *(callbacks or self.callbacks)],
-            verbose=self.verbose, initial_epoch=initial_epoch, epochs=epochs, **fit_arguments)
+        try:
+            result = self.model.fit(
+                **inputs, callbacks=[*data_callbacks, *(callbacks or self.callbacks)],
+                verbose=self.verbose, initial_epoch=initial_epoch, epochs=epochs, **fit_arguments)
+        except BaseException:
+            # No `on_train_end` ran: no signal handler stays behind, nor a state being
+            # written into a folder that the caller may remove.
+            if self.stopper is not None:
+                self.stopper.release_signals()
+            if self.checkpoint is not None:
+                self.checkpoint.close()
+            raise
         if self.history is None:
             self.history = result
         else:

@@ -2,7 +2,8 @@
 
 A run in progress keeps `training_state.npz` in its `<name>.partial/` folder, replaced
 atomically at every epoch's end, every `training.checkpoint_minutes` within an epoch and
-at the batch where the first Ctrl-C or SIGTERM arrived. It holds everything the rest of
+at the batch where the first Ctrl-C or SIGTERM arrived. The state is gathered there and
+written by a thread of its own while training goes on. It holds everything the rest of
 the run depends on:
 
 | what | from |
@@ -30,6 +31,7 @@ import json
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -194,6 +196,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._saved_metrics = None  # running sums to add back after the first resumed batch
         self._saved_random_state = None  # to set before the first resumed batch
         self._last_save = time.monotonic()
+        self._writer = None  # the thread that writes the states
+        self._writing = None  # the `Future` of the last state saved
         self._previous_handlers = {}
 
     def on_train_begin(self, logs=None):
@@ -236,15 +240,28 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self._stop()
 
     def on_train_end(self, logs=None):
+        self.close()
+
+    def close(self):
+        """Gives the signals back to their previous handlers and returns once the last state
+        is on disk. `on_train_end` calls it; call it after a `fit` that raised (which calls
+        no `on_train_end`)."""
         self._release_signals()
+        self.wait()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
 
     def _stop(self):
         self._release_signals()
+        self.wait()
         stop = Terminated if self.interrupt_signal == "SIGTERM" else KeyboardInterrupt
         raise stop(f"stopped by {self.interrupt_signal} in epoch {self._epoch + 1}")
 
     def save(self, batch, stopped=False):
-        """Writes the state now: `batch` batches of the current epoch are done."""
+        """Saves the state: gathers it now (`batch` batches of the current epoch are done)
+        and writes it on a thread of its own while training goes on (`wait` for the file).
+        """
         model = self.model
         sync_jax_state(model)
         state = TrainingState(
@@ -256,8 +273,23 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             optimizer_variables=_values(model.optimizer.variables),
             metrics_variables=_values(model.metrics_variables),
             random_state=_random_state(), identity=self.identity)
-        save_training_state(self.path, state)
+        self.wait()
+        if self._writer is None:
+            # One thread, kept: starting one costs about 0.5 ms. Its write finishes even if
+            # the process exits (and replaces the file atomically anyway).
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="training-state")
+        self._writing = self._writer.submit(save_training_state, self.path, state)
         self._last_save = time.monotonic()
+
+    def wait(self):
+        """Returns once the last state saved is on disk.
+
+        Raises:
+            OSError: what writing it raised (a full disk, a folder removed).
+        """
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def _restore(self, state):
         model = self.model

@@ -5,7 +5,7 @@ A run directory (`fit`, `tune`, `distill`; `lr-find` writes a smaller one) holds
 | file | written by |
 |---|---|
 | `config.yaml`, `classes.json` | `write_run_start`, when training starts |
-| `best.keras` | the best-epoch checkpoint during training |
+| `best.keras` | the best-epoch checkpoint, written when training ends |
 | `training_state.npz` | `fit`, during training, for `fit --resume` (`app.resuming`); removed at the end |
 | `history.csv`, `metrics.json`, `curves.png` | `write_reports`, at the end |
 | `lr_find.csv`, `.png`, `.json` | `app.lr_find.write_lr_find`, with `schedule.lr: auto` |

@@ -1,21 +1,25 @@
 """What the app's callback stack costs: its whole `fit` against a bare `model.fit`.
 
 Usage: `python bench/callback_overhead.py [--epochs 30] [--architecture mlp|cnn]
-[--repeat N]`. For each
-backend (one process each, one after the other), the same compiled model (the default
-configuration: `build_compiled_model`, so the same `steps_per_execution` and `jit_compile`)
-trains twice on the digits training split, validated on its validation split:
+[--repeat N] [--rounds 3]`. For each backend (one process each, one after the other), the
+same compiled model (the default configuration: `build_compiled_model`, so the same
+`steps_per_execution` and `jit_compile`) trains on the digits training split, validated on
+its validation split, in two ways:
 
 - bare: `model.fit(x, y, validation_data=..., shuffle=True)` with a timer callback only;
 - app: `app.engine.train_model` as `fit` runs it: the app's data feeding, the learning-rate
   monitor, `NaNGuard`, `EarlyStopping` (patience above the epochs, so that both run all of
-  them), the best-epoch checkpoint (`best.keras`) and the training-state checkpoint written
-  at every epoch's end (`fit --resume`).
+  them), the best-epoch checkpoint (`best.keras`, kept in memory and written when training
+  ends) and the training state gathered at every epoch's end and written by a background
+  thread (`fit --resume`).
 
-It prints the median steady epoch (the first two epochs are not timed) of each and their
-ratio; the target is at most 1.05×. The app's cost is per epoch (writing `best.keras` when
-the monitor improves, and the training state), so it weighs on digits' 20-batch epochs:
-`--repeat N` repeats the training split N times for epochs of a realistic length.
+Each is trained `--rounds` times, alternately, so that a machine's drift weighs on both; a
+round's figure is its median steady epoch (the first two are not timed). It prints the
+medians over the rounds and the median of the rounds' ratios, with the lowest and highest
+ratio; the target is at most 1.05×. The app's cost is per epoch (copies of the variables
+when the monitor improves, the training state's gathering and writing), so it weighs most
+on digits' 20-batch epochs: `--repeat N` repeats the training split N times for epochs of a
+realistic length.
 """
 
 import argparse
@@ -38,7 +42,7 @@ def steady(seconds):
     return statistics.median(seconds[WARMUP_EPOCHS:])
 
 
-def measure(architecture, epochs, repeat):
+def measure(architecture, epochs, repeat, rounds):
     import dataclasses
 
     import keras
@@ -55,29 +59,43 @@ def measure(architecture, epochs, repeat):
     dataset = dataclasses.replace(dataset, x_train=np.concatenate([dataset.x_train] * repeat),
                                   y_train=np.concatenate([dataset.y_train] * repeat))
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_compiled_model(config, dataset)
-    bare = epoch_timer()
-    model.fit(dataset.x_train, dataset.y_train, validation_data=(dataset.x_val, dataset.y_val),
-              batch_size=config.training.batch_size, epochs=epochs, shuffle=True, verbose=0,
-              callbacks=[bare])
+    def bare():
+        keras.utils.set_random_seed(config.seed)
+        model = build_compiled_model(config, dataset)
+        timer = epoch_timer()
+        model.fit(dataset.x_train, dataset.y_train,
+                  validation_data=(dataset.x_val, dataset.y_val),
+                  batch_size=config.training.batch_size, epochs=epochs, shuffle=True,
+                  verbose=0, callbacks=[timer])
+        return steady(timer.seconds), model
 
-    keras.utils.set_random_seed(config.seed)
-    model = build_compiled_model(config, dataset)
-    app = epoch_timer()
-    with tempfile.TemporaryDirectory() as folder:
-        state = training_checkpoint(config, dataset, Path(folder) / "training_state.npz",
-                                    resume=False)
-        train_model(model, config, dataset, Path(folder) / "best.keras", extra_callbacks=[app],
-                    state=state)
-    return {"bare_s": steady(bare.seconds), "app_s": steady(app.seconds),
+    def app():
+        keras.utils.set_random_seed(config.seed)
+        model = build_compiled_model(config, dataset)
+        timer = epoch_timer()
+        with tempfile.TemporaryDirectory() as folder:
+            state = training_checkpoint(config, dataset, Path(folder) / "training_state.npz",
+                                        resume=False)
+            train_model(model, config, dataset, Path(folder) / "best.keras",
+                        extra_callbacks=[timer], state=state)
+        return steady(timer.seconds), model
+
+    # Alternated, first one then the other, so that a machine's drift weighs on both.
+    bare_seconds, app_seconds = [], []
+    for round_ in range(rounds):
+        for run in (bare, app) if round_ % 2 == 0 else (app, bare):
+            seconds, model = run()
+            (bare_seconds if run is bare else app_seconds).append(seconds)
+    ratios = [ours / theirs for ours, theirs in zip(app_seconds, bare_seconds)]
+    return {"bare_s": statistics.median(bare_seconds), "app_s": statistics.median(app_seconds),
+            "ratio": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios),
             "steps_per_execution": model.steps_per_execution, "jit_compile": model.jit_compile}
 
 
-def run_worker(backend, architecture, epochs, repeat):
+def run_worker(backend, architecture, epochs, repeat, rounds):
     return worker_result([__file__, "--worker", "--architecture", architecture,
-                          "--epochs", str(epochs), "--repeat", str(repeat)], backend,
-                         label=backend)
+                          "--epochs", str(epochs), "--repeat", str(repeat),
+                          "--rounds", str(rounds)], backend, label=backend)
 
 
 def main():
@@ -86,22 +104,27 @@ def main():
     parser.add_argument("--architecture", default="mlp", choices=["mlp", "cnn"])
     parser.add_argument("--repeat", type=int, default=1,
                         help="repeat the training split this many times")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="train each this many times, alternately")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.worker:
-        print(json.dumps(measure(arguments.architecture, arguments.epochs, arguments.repeat)))
+        print(json.dumps(measure(arguments.architecture, arguments.epochs, arguments.repeat,
+                                 arguments.rounds)))
         return
     print(f"Default {arguments.architecture} on digits (training split × {arguments.repeat}), "
-          f"{arguments.epochs} epochs, median epoch after the first {WARMUP_EPOCHS}; "
-          f"{os.cpu_count()} CPU cores.\n")
+          f"{arguments.epochs} epochs, median epoch after the first {WARMUP_EPOCHS}, "
+          f"{arguments.rounds} alternated rounds (medians; the ratio's lowest and highest "
+          f"round in brackets); {os.cpu_count()} CPU cores.\n")
     print("| backend | steps / call, jit | bare `model.fit` (s / epoch) | app's `fit` "
           "(s / epoch) | app / bare |")
     print("|---|---|---|---|---|")
     for backend in BACKENDS:
-        row = run_worker(backend, arguments.architecture, arguments.epochs, arguments.repeat)
+        row = run_worker(backend, arguments.architecture, arguments.epochs, arguments.repeat,
+                         arguments.rounds)
         print(f"| {backend} | {row['steps_per_execution']}, {row['jit_compile']} | "
-              f"{row['bare_s']:.4f} | {row['app_s']:.4f} | {row['app_s'] / row['bare_s']:.2f}× |",
-              flush=True)
+              f"{row['bare_s']:.4f} | {row['app_s']:.4f} | {row['ratio']:.2f}× "
+              f"[{row['lowest']:.2f}–{row['highest']:.2f}] |", flush=True)
 
 
 if __name__ == "__main__":

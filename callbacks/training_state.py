@@ -40,7 +40,7 @@ def snapshot(variables, replacements=None):
 
 def restore(variables, values):
     """Assigns `values` (from `snapshot`) back to `variables`."""
-    for variable, value in zip(variables, values):
+    for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
 
 

@@ -63,6 +63,60 @@ def test_saved_model_is_the_best_epochs(tmp_path):
         np.testing.assert_array_equal(ours, saved)
 
 
+def saved_variables(path):
+    model = keras.saving.load_model(path)
+    return [np.asarray(v) for v in (*model.variables, *model.optimizer.variables)]
+
+
+def test_deferred_writing_writes_at_the_end_what_writing_at_each_best_wrote(tmp_path):
+    """The reference is the same callback writing at every improvement, in the same `fit`."""
+    deferred_path, eager_path = tmp_path / "deferred.keras", tmp_path / "eager.keras"
+    seen_during_training = []
+
+    class FileWatcher(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen_during_training.append(deferred_path.exists())
+
+    x = np.random.default_rng(0).normal(size=(64, 2))
+    y = x @ np.array([[1.0], [-2.0]])
+    model = tiny_model()
+    model.set_weights([np.zeros((2, 1)), np.zeros(1)])
+    deferred = BestModelCheckpoint(deferred_path, defer_writing=True)
+    eager = BestModelCheckpoint(eager_path)
+    # Validated on half the targets: the weights pass the validation's best on their way.
+    model.fit(x, y, validation_data=(x, y / 2), batch_size=8, epochs=8, verbose=0,
+              callbacks=[deferred, eager, FileWatcher()])
+    assert not any(seen_during_training)
+    assert 1 < deferred.best_epoch == eager.best_epoch < 8
+    for ours, reference in zip(saved_variables(deferred_path), saved_variables(eager_path),
+                               strict=True):
+        np.testing.assert_array_equal(ours, reference)
+    # The model keeps its last weights.
+    assert not np.array_equal(model.get_weights()[0],
+                              keras.saving.load_model(eager_path).get_weights()[0])
+
+
+def test_deferred_best_survives_in_the_state_and_is_written_by_the_resumed_run(tmp_path):
+    model = tiny_model()
+    interrupted = BestModelCheckpoint(tmp_path / "best.keras", defer_writing=True)
+    interrupted.set_model(model)
+    interrupted.on_epoch_end(0, {"val_loss": 1.0})
+    best_weights = [w.copy() for w in model.get_weights()]
+    state = interrupted.state_dict()
+    assert not (tmp_path / "best.keras").exists()
+
+    model.set_weights([w + 1 for w in best_weights])  # the resumed run trains on
+    resumed = BestModelCheckpoint(tmp_path / "best.keras", defer_writing=True)
+    resumed.set_model(model)
+    resumed.load_state_dict(state)
+    resumed.on_epoch_end(1, {"val_loss": 5.0})
+    resumed.on_train_end()
+    assert resumed.best_epoch == 1
+    for ours, saved in zip(best_weights, keras.saving.load_model(tmp_path / "best.keras")
+                           .get_weights()):
+        np.testing.assert_array_equal(ours, saved)
+
+
 def test_missing_monitor_is_named(tmp_path):
     checkpoint = BestModelCheckpoint(tmp_path / "b.keras", monitor="val_auc")
     checkpoint.set_model(tiny_model())
@@ -82,7 +136,8 @@ def test_learning_rate_monitor_logs_the_rate_of_each_epochs_first_update():
 
 
 @pytest.mark.parametrize("callback", [
-    LearningRateMonitor(log_key="lr"), BestModelCheckpoint("b.keras", "val_accuracy"),
+    LearningRateMonitor(log_key="lr"),
+    BestModelCheckpoint("b.keras", "val_accuracy", defer_writing=True),
     MagnitudePruning(n_of_m=(2, 4), scope="global", begin_step=10, layer_names=["dense"])])
 def test_callbacks_serialize_and_deep_copy(callback):
     clone = type(callback).from_config(callback.get_config())

@@ -1,6 +1,7 @@
 """`python -m app fit` and `evaluate` end to end on the backend under test."""
 
 import json
+import signal
 
 import keras
 import numpy as np
@@ -120,6 +121,7 @@ def test_an_exception_in_training_leaves_no_run_directory(run_cli, runs_dir, mon
     code, _, err = run_cli(*fit_arguments())
     assert code == 130
     assert not runs_dir.exists()  # not even an empty runs/ of a first, failed run
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
 
 
 @pytest.mark.parametrize("guard, message", [

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import app.engine
+import app.resuming
 import app.rundir
 from app.errors import UserError
 from app.resuming import check_resumable, load_training_state
@@ -125,6 +126,27 @@ def test_a_crash_after_training_keeps_the_run_and_resume_only_writes_it(run_cli,
     assert code == 0, err
     assert "Epoch" not in out  # nothing trained again
     assert_same_run(reference, runs_dir / "run")
+
+
+def test_a_state_written_in_the_background_fails_the_fit_if_it_cannot_be_written(
+        tmp_path, monkeypatch):
+    import keras
+
+    from app.resuming import TrainingCheckpoint
+
+    def full_disk(path, state):
+        raise OSError(28, "No space left on device")
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((8, 2)), np.zeros((8, 1))
+    checkpoint = TrainingCheckpoint(tmp_path / "training_state.npz")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[checkpoint])
+    written = load_training_state(tmp_path / "training_state.npz")
+    assert (written.epoch, written.history["loss"]) == (2, model.history.history["loss"])
+    monkeypatch.setattr(app.resuming, "save_training_state", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[checkpoint])
 
 
 def test_resume_refuses_what_it_cannot_continue(run_cli, runs_dir, reference, monkeypatch):
