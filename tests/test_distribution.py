@@ -17,7 +17,9 @@ from app.data import load_dataset
 from app.distribution import (Cluster, Devices, check_cluster, check_distribution,
                               model_parallel_layout, read_cluster, start_distribution)
 from app.errors import UserError
-from tests.helpers import BACKEND, REPO, run_subprocess
+from app.reporting import read_history_csv
+from app.resuming import load_training_state
+from tests.helpers import BACKEND, REPO, fit_arguments, interrupt_at, run_subprocess
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -299,6 +301,21 @@ def test_the_cli_refuses_an_impossible_cluster_before_anything_starts(command, r
     assert not runs_dir.exists()
 
 
+def test_resuming_in_several_processes_refuses_a_run_that_was_not_data_parallel(
+        run_cli, runs_dir, monkeypatch):
+    interrupt_at(monkeypatch, 0, 2)
+    code, _, _ = run_cli(*fit_arguments("training.epochs=1", "training.steps_per_execution=1",
+                                        "output.name=run", "output.timestamp=false"))
+    assert code == 130
+    monkeypatch.undo()
+    partial = runs_dir / "run.partial"
+    code, _, err = run_cli("fit", "--resume", str(partial), *CLUSTER)
+    assert (code, err) == (2, "error: --num-processes resumes data-parallel runs; this run's "
+                              "config.yaml has distribution.strategy: none, so resume it in "
+                              "one process\n")
+    assert partial.is_dir()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--chief", "127.0.0.1:2"], "--num-processes trains every trial across the processes; "
                                  "--resume, --chief and --worker run a search in one process"),
@@ -331,26 +348,31 @@ def as_flags(settings):
     return [flag for setting in settings for flag in ("--set", setting)]
 
 
-def run_in_two_processes(arguments, output):
+def run_in_two_processes(arguments, output=None, verb="trained"):
     """Runs `python -m app *arguments` as processes 0 and 1 of two, two virtual devices each,
-    writing into `output / "zero"` and `output / "one"`; returns both results."""
+    writing into `output / "zero"` and `output / "one"` (`None`: where `arguments` say);
+    returns both results. Process 1 says it `verb` with process 0."""
     coordinator = f"127.0.0.1:{free_port()}"
     environment = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
                        PYTHONPATH=str(REPO), **TWO_DEVICES)
+
+    def placed(folder):
+        return [] if output is None else ["--set", f"output.dir={output / folder}"]
+
     # Process 1 as a launcher starts it, from Keras's variables; process 0 from the flags.
     second = subprocess.Popen(
-        [sys.executable, "-m", "app", *arguments, "--set", f"output.dir={output / 'one'}"],
+        [sys.executable, "-m", "app", *arguments, *placed("one")],
         env={**environment, "KERAS_DISTRIBUTION_JOB_ADDRESSES": coordinator,
              "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "1"},
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = run_subprocess(["-m", "app", *arguments, "--coordinator", coordinator,
-                            "--num-processes", "2", "--process-id", "0",
-                            "--set", f"output.dir={output / 'zero'}"], env=TWO_DEVICES)
+                            "--num-processes", "2", "--process-id", "0", *placed("zero")],
+                           env=TWO_DEVICES)
     out, err = second.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + err[-2000:]
-    assert out.strip().endswith("process 1 of 2: trained with process 0, which writes the run "
+    assert out.strip().endswith(f"process 1 of 2: {verb} with process 0, which writes the run "
                                 "directory")
-    assert not (output / "one").exists()
+    assert output is None or not (output / "one").exists()
     return first, subprocess.CompletedProcess(second.args, 0, out, err)
 
 
@@ -374,6 +396,31 @@ def test_two_processes_train_to_the_weights_of_one_and_only_process_zero_writes(
                                           "processes": 2}
     assert metrics[0]["best"]["epoch"] == metrics[1]["best"]["epoch"]
     assert metrics[0]["best"]["value"] == pytest.approx(metrics[1]["best"]["value"], rel=1e-5)
+    assert max_weight_difference(*(run / "best.keras" for run in runs)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="several processes train on JAX only")
+def test_a_run_interrupted_on_one_process_resumes_on_two_to_the_weights_of_one(tmp_path):
+    """The training state holds whole variables, whatever the processes that saved it."""
+    settings = ["fit", "--distribution", "data-parallel",
+                *as_flags([*SGD_SETTINGS, "training.steps_per_execution=1"])]
+    reference = run_subprocess(["-m", "app", *settings,
+                                "--set", f"output.dir={tmp_path / 'reference'}"],
+                               env=FOUR_DEVICES)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    interrupted = run_subprocess(["tests/interrupted_fit.py", "1", "4", *settings,
+                                  "--set", f"output.dir={tmp_path / 'zero'}"], env=FOUR_DEVICES)
+    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
+    partial = tmp_path / "zero" / "mlp-student.partial"
+    assert load_training_state(partial / "training_state.npz").epoch == 1
+    run_in_two_processes(["fit", "--resume", str(partial)], verb="resumed")
+    assert not partial.exists()
+    runs = [tmp_path / folder / "mlp-student" for folder in ("zero", "reference")]
+    histories = [read_history_csv(run / "history.csv") for run in runs]
+    assert histories[0].keys() == histories[1].keys()
+    for key in histories[1]:
+        np.testing.assert_allclose(histories[0][key], histories[1][key], rtol=1e-5)
     assert max_weight_difference(*(run / "best.keras" for run in runs)) < 1e-5
 
 

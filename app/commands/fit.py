@@ -44,12 +44,17 @@ def handle(arguments):
         if arguments.config is not None or arguments.overrides:
             raise UserError("--resume continues the run with its own config.yaml; drop "
                             "--config and --set")
-        if cluster.several:
-            raise UserError("--resume continues a run in one process; resume it without "
-                            "--num-processes")
         folder = check_partial_run(Path(arguments.resume))
         config = load_config(folder / CONFIG_FILE)
-        start_backend(arguments.backend, config)
+        strategy = config.distribution.strategy
+        if cluster.several and strategy != "data-parallel":
+            raise UserError(f"--num-processes resumes data-parallel runs; this run's "
+                            f"config.yaml has distribution.strategy: {strategy}, so resume it "
+                            f"in one process")
+        start_backend(arguments.backend, config, cluster)
+        if cluster.process_id > 0:
+            _resume_beside_process_zero(folder, config, cluster)
+            return 0
         run_dir, metrics = run_fit(config, resume=folder)
     else:
         config = prepare(arguments, distribution_flags(arguments), cluster=cluster)
@@ -152,12 +157,37 @@ def run_fit(config, resume=None):
     return path, metrics
 
 
+def _resume_beside_process_zero(folder, config, cluster):
+    """Resumes `folder` in a process other than 0 of `cluster`, in step with process 0,
+    which resumes the folder itself: this process resumes a copy, removed after.
+
+    The copy is taken before this process joins the first step, so before process 0 can
+    save a new state into the folder.
+    """
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="app-process-") as scratch:
+        copy = Path(scratch) / folder.name
+        shutil.copytree(folder, copy)
+        run_fit(config, resume=copy)
+    print(f"process {cluster.process_id} of {cluster.num_processes}: resumed with process 0, "
+          f"which writes the run directory")
+
+
 def resume_hint(folder):
     """What an interrupted run prints: where it is and the command that resumes it."""
     import keras
 
-    return (f"the run is kept in {folder}; resume it with: python -m app fit --resume "
+    hint = (f"the run is kept in {folder}; resume it with: python -m app fit --resume "
             f"{folder} --backend {keras.backend.backend()}")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.process_count() > 1:
+            hint += (" in each of its processes, with --coordinator, --num-processes and "
+                     "--process-id")
+    return hint
 
 
 def _resumable(folder, error_type):
