@@ -40,7 +40,7 @@ def snapshot(variables, replacements=None):
 
 def restore(variables, values):
     """Assigns `values` (from `snapshot`) back to `variables`."""
-    for variable, value in zip(variables, values, strict=True):
+    for variable, value in zip(variables, values):
         variable.assign(value)
 
 
