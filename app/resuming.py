@@ -253,8 +253,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self._writer = None
 
     def _stop(self):
-        self._release_signals()
-        self.wait()
+        self.close()
         stop = Terminated if self.interrupt_signal == "SIGTERM" else KeyboardInterrupt
         raise stop(f"stopped by {self.interrupt_signal} in epoch {self._epoch + 1}")
 
