@@ -89,6 +89,9 @@ class LRFinder(keras.callbacks.Callback):
             raise ValueError("LRFinder needs an optimizer with a constant learning rate; "
                              "compile with e.g. Adam(1e-3) for the sweep")
         self._reset()
+        if not optimizer.built:
+            # TensorFlow builds it in the first step: its moments would not be restored.
+            optimizer.build(self.model.trainable_variables)
         self._saved_weights = snapshot(self.model.variables)
         self._saved_optimizer_state = snapshot(optimizer.variables)
 

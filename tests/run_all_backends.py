@@ -3,8 +3,14 @@ own process, and sums the results.
 
 Usage: `python tests/run_all_backends.py [pytest arguments...]`, e.g. `-m "not slow"` for the
 fast subset or `-k fit`; the arguments go to pytest unchanged. Set `BACKENDS=jax,torch` to run
-a subset. Each backend's counts are read from pytest's JUnit XML report. Exits non-zero if the
-contracts are broken or any backend's run fails (including "no tests collected").
+a subset, `JOBS=1` to run the backends one after the other. Each backend's counts are read from
+pytest's JUnit XML report. Exits non-zero if the contracts are broken or any backend's run
+fails (including "no tests collected").
+
+The backends run side by side, as many at once as there are CPU cores (`JOBS`), in the order
+given: the suite keeps about one core busy (most of a test's time is Python, not arithmetic),
+so two backends on two cores take little longer than one. Each backend's output is printed
+whole when it finishes.
 """
 
 import os
@@ -12,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -32,16 +39,21 @@ def check_import_contracts():
 
 
 def run_backend(backend, pytest_arguments):
-    """Runs pytest on `backend`; returns `(exit code, counts, seconds)`."""
+    """Runs pytest on `backend`, then prints its output; returns `(exit code, counts,
+    seconds)`."""
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     with tempfile.TemporaryDirectory() as directory:
-        report = Path(directory) / "junit.xml"
+        report, log = Path(directory) / "junit.xml", Path(directory) / "pytest.log"
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    f"--junitxml={report}", *pytest_arguments]
-        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
+        print(f"=== KERAS_BACKEND={backend} started", flush=True)
         started = time.perf_counter()
-        code = subprocess.run(command, cwd=REPO, env=environment).returncode
+        with log.open("w") as output:
+            code = subprocess.run(command, cwd=REPO, env=environment, stdout=output,
+                                  stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
+        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}\n{log.read_text()}",
+              flush=True)
         counts = read_counts(report) if report.exists() else dict.fromkeys(COUNTED, 0)
     return code, counts, seconds
 
@@ -62,7 +74,11 @@ def read_counts(report):
 def main():
     backends = os.environ.get("BACKENDS", "tensorflow,jax,torch").split(",")
     contracts = check_import_contracts()
-    results = {backend: run_backend(backend, sys.argv[1:]) for backend in backends}
+    started = time.perf_counter()
+    jobs = int(os.environ.get("JOBS", os.cpu_count() or 1))
+    with ThreadPoolExecutor(max(1, min(jobs, len(backends)))) as pool:
+        runs = {backend: pool.submit(run_backend, backend, sys.argv[1:]) for backend in backends}
+        results = {backend: run.result() for backend, run in runs.items()}
     print(f"\nimport contracts: {'kept' if contracts == 0 else 'BROKEN'}")
     print("backend      exit  passed  failed  skipped  errors  seconds")
     for backend, (code, counts, seconds) in results.items():
@@ -70,7 +86,8 @@ def main():
               f"{counts['skipped']:>7}  {counts['errors']:>6}  {seconds:>7.0f}")
     total = {key: sum(counts[key] for _, counts, _ in results.values()) for key in COUNTED}
     failed = total["failed"] + total["errors"] + (contracts != 0)
-    print(f"total: {total['passed']} passed, {failed} failed, {total['skipped']} skipped")
+    print(f"total: {total['passed']} passed, {failed} failed, {total['skipped']} skipped "
+          f"in {time.perf_counter() - started:.0f} s")
     return 0 if contracts == 0 and all(code == 0 for code, _, _ in results.values()) else 1
 
 

@@ -59,6 +59,28 @@ def test_weights_and_optimizer_state_are_restored():
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(1e-3)
 
 
+def test_a_sweep_on_a_fresh_model_leaves_it_to_train_as_if_untouched():
+    """TensorFlow builds the optimizer in the first step: the finder builds it first, so that
+    the moments the sweep accumulated are reset too."""
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0)
+
+    def trained(sweep_first):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(3)])
+        model.compile(keras.optimizers.Adam(1e-2),
+                      keras.losses.SparseCategoricalCrossentropy(True))
+        if sweep_first:
+            model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                      callbacks=[LRFinder(min_lr=1e-4, max_lr=1e-1, num_steps=8)])
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    for swept, untouched in zip(trained(True), trained(False), strict=True):
+        np.testing.assert_allclose(swept, untouched, rtol=1e-6, atol=1e-7)
+
+
 def test_sweep_stops_when_the_loss_diverges(tmp_path):
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
