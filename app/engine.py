@@ -26,6 +26,9 @@ from app.tables.architectures import ARCHITECTURES
 
 # Training samples that `training.noise_scale` estimates the gradient noise scale on.
 NOISE_SCALE_SAMPLES = 1024
+# The share of training time that saving the training state at epochs' ends may take: on
+# epochs of milliseconds (digits) it saves every few epochs, on real ones at every epoch.
+CHECKPOINT_TIME_BUDGET = 0.02
 
 
 def train_and_test(config, dataset, checkpoint_path, teacher_path=None, state_path=None,
@@ -118,7 +121,8 @@ def training_checkpoint(config, dataset, state_path, resume):
                 "data_fingerprint": dataset.fingerprint}
     return TrainingCheckpoint(state_path, identity=identity,
                               resume_from=load_training_state(state_path) if resume else None,
-                              every_minutes=config.training.checkpoint_minutes)
+                              every_minutes=config.training.checkpoint_minutes,
+                              time_budget=CHECKPOINT_TIME_BUDGET)
 
 
 def resolve_config(config, name):

@@ -1,10 +1,10 @@
 """Checkpointed training state, so that an interrupted `fit` resumes exactly.
 
 A run in progress keeps `training_state.npz` in its `<name>.partial/` folder, replaced
-atomically at every epoch's end, every `training.checkpoint_minutes` within an epoch and
-at the batch where the first Ctrl-C or SIGTERM arrived. The state is gathered there and
-written by a thread of its own while training goes on. It holds everything the rest of
-the run depends on:
+atomically at epochs' ends (within a budget of time, see `TrainingCheckpoint`), every
+`training.checkpoint_minutes` within an epoch and at the batch where the first Ctrl-C or
+SIGTERM arrived. The state is gathered there and written by a thread of its own while
+training goes on. It holds everything the rest of the run depends on:
 
 | what | from |
 |---|---|
@@ -144,8 +144,14 @@ def load_training_state(path):
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
-    """Saves the training state at every epoch's end, every `every_minutes` within an epoch
-    and when asked to stop; restores a saved state when training starts.
+    """Saves the training state at epochs' ends, every `every_minutes` within an epoch and
+    when asked to stop; restores a saved state when training starts.
+
+    An epoch's end saves unless the last save was so recent that saving again would spend
+    more than `time_budget` of the time since then (epochs of a few milliseconds would
+    otherwise spend a fifth of it saving); the `fit`'s last epoch, an epoch after which
+    training stops and an interrupt always save. A `kill -9` then loses at most about
+    `1 / time_budget` times what a save costs (50 × 3 ms on digits), besides the epoch.
 
     Put it after every other callback: it saves what they have done at an epoch's end, and
     restores their state after their own `on_train_begin` has reset it. The first SIGINT or
@@ -163,6 +169,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             (`check_resumable`).
         every_minutes: also save within an epoch once this many minutes have passed since
             the last save; `None` saves at epoch ends only.
+        time_budget: the largest share of training time that epoch-end saves may take,
+            e.g. `0.02`; `None` saves at every epoch's end.
 
     Attributes:
         history: the logs of every finished epoch, the resumed ones included.
@@ -177,7 +185,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, path, tracked=(), identity=None, resume_from=None, every_minutes=None):
+    def __init__(self, path, tracked=(), identity=None, resume_from=None, every_minutes=None,
+                 time_budget=None):
         super().__init__()
         self.path = path
         self.tracked = list(tracked)
@@ -186,6 +195,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             check_resumable(resume_from, self.identity)
         self.resume_from = resume_from
         self.every_minutes = every_minutes
+        self.time_budget = time_budget
         self.history = {} if resume_from is None else {
             key: list(values) for key, values in resume_from.history.items()}
         self.phase, self.phase_start = ((1, 0) if resume_from is None
@@ -196,8 +206,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._saved_metrics = None  # running sums to add back after the first resumed batch
         self._saved_random_state = None  # to set before the first resumed batch
         self._last_save = time.monotonic()
+        self._gathering_seconds = 0.0  # what the last save cost the training thread
         self._writer = None  # the thread that writes the states
-        self._writing = None  # the `Future` of the last state saved
+        self._writing = None  # the `Future` of the last state saved: its writing's seconds
         self._previous_handlers = {}
 
     def on_train_begin(self, logs=None):
@@ -235,9 +246,21 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         self._epoch = epoch + 1
-        self.save(0, stopped=bool(self.model.stop_training))
+        stopped = bool(self.model.stop_training)
+        last = epoch + 1 >= (self.params or {}).get("epochs", 0)
+        if stopped or last or self.interrupt_signal is not None or self._save_is_due():
+            self.save(0, stopped=stopped)
         if self.interrupt_signal is not None:
             self._stop()
+
+    def _save_is_due(self):
+        """Whether an epoch's end saves, by `time_budget`."""
+        if self.time_budget is None:
+            return True
+        if self._writing is not None and not self._writing.done():
+            return False  # still writing the last one
+        cost = self._gathering_seconds + (self._writing.result() if self._writing else 0.0)
+        return self.time_budget * (time.monotonic() - self._last_save) >= cost
 
     def on_train_end(self, logs=None):
         self.close()
@@ -261,6 +284,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         """Saves the state: gathers it now (`batch` batches of the current epoch are done)
         and writes it on a thread of its own while training goes on (`wait` for the file).
         """
+        started = time.monotonic()
         model = self.model
         sync_jax_state(model)
         state = TrainingState(
@@ -277,8 +301,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             # One thread, kept: starting one costs about 0.5 ms. Its write finishes even if
             # the process exits (and replaces the file atomically anyway).
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="training-state")
-        self._writing = self._writer.submit(save_training_state, self.path, state)
+        self._writing = self._writer.submit(_timed, save_training_state, self.path, state)
         self._last_save = time.monotonic()
+        self._gathering_seconds = self._last_save - started
 
     def wait(self):
         """Returns once the last state saved is on disk.
@@ -370,6 +395,13 @@ class WithoutHook(keras.callbacks.Callback):
 
 def _ignore(*arguments, **keywords):
     pass
+
+
+def _timed(function, *arguments):
+    """Calls `function(*arguments)`; returns the seconds it took."""
+    started = time.monotonic()
+    function(*arguments)
+    return time.monotonic() - started
 
 
 def check_resumable(state, identity):

@@ -1,19 +1,23 @@
 """What the app's callback stack costs: its whole `fit` against a bare `model.fit`.
 
 Usage: `python bench/callback_overhead.py [--epochs 30] [--architecture mlp|cnn]
-[--repeat N] [--rounds 3]`. For each backend (one process each, one after the other), the
-same compiled model (the default configuration: `build_compiled_model`, so the same
-`steps_per_execution` and `jit_compile`) trains on the digits training split, validated on
-its validation split, in two ways:
+[--repeat N] [--rounds 3] [--backends jax,torch]`. For each backend (one process each, one
+after the other), the same compiled model (the default configuration: `build_compiled_model`,
+so the same `steps_per_execution` and `jit_compile`) trains on the digits training split,
+validated on its validation split, in three ways:
 
 - bare: `model.fit(x, y, validation_data=..., shuffle=True)` with a timer callback only;
+- bare with `keras.callbacks.TerminateOnNaN()`: Keras's own check of every batch's loss.
+  Any callback that reads a batch's logs makes Keras wait for that batch's result before it
+  dispatches the next (JAX otherwise runs ahead), so this is what a per-batch check costs
+  in itself; the app's `NaNGuard` and training state also act at a batch's end;
 - app: `app.engine.train_model` as `fit` runs it: the app's data feeding, the learning-rate
-  monitor, `NaNGuard`, `EarlyStopping` (patience above the epochs, so that both run all of
-  them), the best-epoch checkpoint (`best.keras`, kept in memory and written when training
-  ends) and the training state gathered at every epoch's end and written by a background
-  thread (`fit --resume`).
+  monitor, `NaNGuard`, `EarlyStopping` (patience above the epochs, so that all of them run
+  every epoch), the best-epoch checkpoint (`best.keras`, kept in memory and written when
+  training ends) and the training state gathered at epochs' ends (within its time budget)
+  and written by a background thread (`fit --resume`).
 
-Each is trained `--rounds` times, alternately, so that a machine's drift weighs on both; a
+Each is trained `--rounds` times, in turn, so that a machine's drift weighs on all; a
 round's figure is its median steady epoch (the first two are not timed). It prints the
 medians over the rounds and the median of the rounds' ratios, with the lowest and highest
 ratio; the target is at most 1.05×. The app's cost is per epoch (copies of the variables
@@ -59,15 +63,18 @@ def measure(architecture, epochs, repeat, rounds):
     dataset = dataclasses.replace(dataset, x_train=np.concatenate([dataset.x_train] * repeat),
                                   y_train=np.concatenate([dataset.y_train] * repeat))
 
-    def bare():
+    def bare(*callbacks):
         keras.utils.set_random_seed(config.seed)
         model = build_compiled_model(config, dataset)
         timer = epoch_timer()
         model.fit(dataset.x_train, dataset.y_train,
                   validation_data=(dataset.x_val, dataset.y_val),
                   batch_size=config.training.batch_size, epochs=epochs, shuffle=True,
-                  verbose=0, callbacks=[timer])
+                  verbose=0, callbacks=[timer, *callbacks])
         return steady(timer.seconds), model
+
+    def checked():
+        return bare(keras.callbacks.TerminateOnNaN())
 
     def app():
         keras.utils.set_random_seed(config.seed)
@@ -80,15 +87,19 @@ def measure(architecture, epochs, repeat, rounds):
                         extra_callbacks=[timer], state=state)
         return steady(timer.seconds), model
 
-    # Alternated, first one then the other, so that a machine's drift weighs on both.
-    bare_seconds, app_seconds = [], []
+    # Alternated, in turn forwards and backwards, so that a machine's drift weighs on all.
+    seconds = {bare: [], checked: [], app: []}
     for round_ in range(rounds):
-        for run in (bare, app) if round_ % 2 == 0 else (app, bare):
-            seconds, model = run()
-            (bare_seconds if run is bare else app_seconds).append(seconds)
-    ratios = [ours / theirs for ours, theirs in zip(app_seconds, bare_seconds)]
-    return {"bare_s": statistics.median(bare_seconds), "app_s": statistics.median(app_seconds),
+        for run in list(seconds)[::1 if round_ % 2 == 0 else -1]:
+            epoch_seconds, model = run()
+            seconds[run].append(epoch_seconds)
+    ratios = [ours / theirs for ours, theirs in zip(seconds[app], seconds[bare])]
+    checked_ratios = [ours / theirs for ours, theirs in zip(seconds[checked], seconds[bare])]
+    return {"bare_s": statistics.median(seconds[bare]),
+            "checked_s": statistics.median(seconds[checked]),
+            "app_s": statistics.median(seconds[app]),
             "ratio": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios),
+            "checked_ratio": statistics.median(checked_ratios),
             "steps_per_execution": model.steps_per_execution, "jit_compile": model.jit_compile}
 
 
@@ -106,6 +117,8 @@ def main():
                         help="repeat the training split this many times")
     parser.add_argument("--rounds", type=int, default=3,
                         help="train each this many times, alternately")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma-separated, of " + ", ".join(BACKENDS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.worker:
@@ -116,14 +129,15 @@ def main():
           f"{arguments.epochs} epochs, median epoch after the first {WARMUP_EPOCHS}, "
           f"{arguments.rounds} alternated rounds (medians; the ratio's lowest and highest "
           f"round in brackets); {os.cpu_count()} CPU cores.\n")
-    print("| backend | steps / call, jit | bare `model.fit` (s / epoch) | app's `fit` "
-          "(s / epoch) | app / bare |")
-    print("|---|---|---|---|---|")
-    for backend in BACKENDS:
+    print("| backend | steps / call, jit | bare `model.fit` (s / epoch) | with TerminateOnNaN "
+          "| app's `fit` | TerminateOnNaN / bare | app / bare |")
+    print("|---|---|---|---|---|---|---|")
+    for backend in arguments.backends.split(","):
         row = run_worker(backend, arguments.architecture, arguments.epochs, arguments.repeat,
                          arguments.rounds)
         print(f"| {backend} | {row['steps_per_execution']}, {row['jit_compile']} | "
-              f"{row['bare_s']:.4f} | {row['app_s']:.4f} | {row['ratio']:.2f}× "
+              f"{row['bare_s']:.4f} | {row['checked_s']:.4f} | {row['app_s']:.4f} | "
+              f"{row['checked_ratio']:.2f}× | {row['ratio']:.2f}× "
               f"[{row['lowest']:.2f}–{row['highest']:.2f}] |", flush=True)
 
 

@@ -133,10 +133,6 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         elif not improved and self.wait >= self.patience and epoch > 0:
             self._stop(epoch, f"{self.monitor} did not improve for {self.wait} epochs")
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.interrupted:
-            self.model.stop_training = True
-
     def on_train_end(self, logs=None):
         self.release_signals()
         if self.interrupted and self.stop_reason is None:
@@ -266,8 +262,10 @@ class _StopOnFirstInterrupt:
     def __call__(self, signum, frame):
         signal.signal(signum, self.previous)
         self.callback._previous_handlers.pop(signum, None)
-        # Only a flag: `on_train_batch_end` stops training between steps. Changing the
-        # model from a signal handler, mid-step, crashed JAX ("Array has been deleted").
+        # Only flags, which Keras reads between steps: changing the model from a signal
+        # handler, mid-step, crashed JAX ("Array has been deleted"). No batch hook reads them,
+        # so Keras keeps dispatching steps without waiting for each one's logs (JAX).
+        self.callback.model.stop_training = True
         self.callback.interrupted = True
         self.callback.interrupt_signal = signal.Signals(signum).name
         again = "Ctrl-C" if signum == signal.SIGINT else "the signal"

@@ -44,8 +44,9 @@ def run_backend(backend, pytest_arguments):
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     with tempfile.TemporaryDirectory() as directory:
         report, log = Path(directory) / "junit.xml", Path(directory) / "pytest.log"
+        # The slowest tests are listed, to keep the suite within its time.
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                   f"--junitxml={report}", *pytest_arguments]
+                   "--durations=10", f"--junitxml={report}", *pytest_arguments]
         print(f"=== KERAS_BACKEND={backend} started", flush=True)
         started = time.perf_counter()
         with log.open("w") as output:

@@ -316,6 +316,21 @@ def test_resuming_in_several_processes_refuses_a_run_that_was_not_data_parallel(
     assert partial.is_dir()
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="several processes train on JAX only")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_resume_hint_of_a_run_in_several_processes_says_to_resume_in_each(
+        processes, monkeypatch, tmp_path):
+    import jax
+
+    from app.commands.fit import resume_hint
+
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    each = (" in each of its processes, with --coordinator, --num-processes and --process-id"
+            if processes > 1 else "")
+    assert resume_hint(tmp_path) == (f"the run is kept in {tmp_path}; resume it with: python -m "
+                                     f"app fit --resume {tmp_path} --backend jax{each}")
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--chief", "127.0.0.1:2"], "--num-processes trains every trial across the processes; "
                                  "--resume, --chief and --worker run a search in one process"),

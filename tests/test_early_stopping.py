@@ -125,9 +125,9 @@ def test_first_ctrl_c_stops_after_the_batch_and_restores():
     stopper = callbacks.EarlyStopping(patience=10)
     final, _, epochs = train(stopper, [3, 2, 1, 1.5, 1.6, 1.7, 1.8], extra=[CtrlC()])
     assert stopper.interrupted and stopper.stop_reason == "interrupted (Ctrl-C)"
-    # The handler only sets a flag, which the callback reads at the end of the next batch:
-    # the signal came after the 4th epoch, so the 5th stops after its first batch.
-    assert epochs == 5
+    # The handler sets Keras's `stop_training`, which Keras reads after the epoch in which
+    # the signal came (the 4th): no fifth epoch begins.
+    assert epochs == 4
     assert final == pytest.approx(weight_after(2))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -142,8 +142,8 @@ def test_sigterm_stops_gracefully_only_when_asked():
     stopper = callbacks.EarlyStopping(patience=10, graceful_signals=("SIGINT", "SIGTERM"))
     final, _, epochs = train(stopper, [3, 2, 1, 1.5, 1.6], extra=[Terminate()])
     assert stopper.interrupted and stopper.interrupt_signal == "SIGTERM"
-    assert stopper.stop_reason == "interrupted (SIGTERM)" and epochs == 3
-    assert final == pytest.approx(weight_after(2))  # the best epoch so far, restored
+    assert stopper.stop_reason == "interrupted (SIGTERM)" and epochs == 2
+    assert final == pytest.approx(weight_after(1))  # the best epoch so far, restored
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     # By default SIGTERM is left alone (it still terminates a plain Keras script).
     seen = []

@@ -149,6 +149,41 @@ def test_a_state_written_in_the_background_fails_the_fit_if_it_cannot_be_written
         model.fit(x, y, epochs=1, verbose=0, callbacks=[checkpoint])
 
 
+@pytest.mark.parametrize("time_budget", [None, 0.02])
+def test_epoch_end_saves_keep_within_the_time_budget(tmp_path, monkeypatch, time_budget):
+    """A write made slow (50 ms) against epochs of milliseconds: within a 2 % budget the
+    next save is due 2.5 s later, so only the first epoch, the one after which training
+    stops and the last save; without a budget, every epoch does."""
+    import keras
+
+    from app.resuming import TrainingCheckpoint
+
+    saved = []
+
+    def slow_write(path, state):
+        write(path, state)
+        saved.append((state.epoch, state.stopped))
+        time.sleep(0.05)
+
+    class StopAfterTheEighth(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch == 7
+
+    write = app.resuming.save_training_state
+    monkeypatch.setattr(app.resuming, "save_training_state", slow_write)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((8, 2)), np.zeros((8, 1))
+    for stopper, last in ((StopAfterTheEighth(), (8, True)),
+                          (keras.callbacks.Callback(), (20, False))):
+        saved.clear()
+        checkpoint = TrainingCheckpoint(tmp_path / "training_state.npz", time_budget=time_budget)
+        model.fit(x, y, epochs=20, verbose=0, callbacks=[stopper, checkpoint])
+        assert saved == ([(epoch, False) for epoch in range(1, last[0])] + [last]
+                         if time_budget is None else [(1, False), last])
+        assert load_training_state(tmp_path / "training_state.npz").epoch == last[0]
+
+
 def test_resume_refuses_what_it_cannot_continue(run_cli, runs_dir, reference, monkeypatch):
     def refused(*arguments):
         code, _, err = run_cli(*arguments)
