@@ -8,9 +8,9 @@ pytest's JUnit XML report. Exits non-zero if the contracts are broken or any bac
 fails (including "no tests collected").
 
 The backends run side by side, as many at once as there are CPU cores (`JOBS`), in the order
-given: the suite keeps about one core busy (most of a test's time is Python, not arithmetic),
-so two backends on two cores take little longer than one. Each backend's output is printed
-whole when it finishes.
+given: most of a test's time is Python, not arithmetic, so on two cores each backend takes
+only 1.15 to 1.3 times as long as alone (the whole suite: 37 minutes instead of 63). Each
+backend's output is printed whole when it finishes.
 """
 
 import os
@@ -53,7 +53,7 @@ def run_backend(backend, pytest_arguments):
             code = subprocess.run(command, cwd=REPO, env=environment, stdout=output,
                                   stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
-        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}\n{log.read_text()}",
+        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}\n{log.read_text(errors="replace")}",
               flush=True)
         counts = read_counts(report) if report.exists() else dict.fromkeys(COUNTED, 0)
     return code, counts, seconds
