@@ -49,12 +49,12 @@ def run_backend(backend, pytest_arguments):
                    "--durations=10", f"--junitxml={report}", *pytest_arguments]
         print(f"=== KERAS_BACKEND={backend} started", flush=True)
         started = time.perf_counter()
-        with log.open("w") as output:
-            code = subprocess.run(command, cwd=REPO, env=environment, stdout=output,
+        with log.open("w") as stream:
+            code = subprocess.run(command, cwd=REPO, env=environment, stdout=stream,
                                   stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
-        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}\n{log.read_text(errors="replace")}",
-              flush=True)
+        output = log.read_text(errors="replace")
+        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}\n{output}", flush=True)
         counts = read_counts(report) if report.exists() else dict.fromkeys(COUNTED, 0)
     return code, counts, seconds
 
