@@ -47,16 +47,22 @@ def run_backend(backend, pytest_arguments):
         # The slowest tests are listed, to keep the suite within its time.
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    "--durations=10", f"--junitxml={report}", *pytest_arguments]
-        print(f"=== KERAS_BACKEND={backend} started", flush=True)
+        say(f"=== KERAS_BACKEND={backend} started")
         started = time.perf_counter()
         with log.open("w") as stream:
             code = subprocess.run(command, cwd=REPO, env=environment, stdout=stream,
                                   stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
         output = log.read_text(errors="replace")
-        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}\n{output}", flush=True)
+        say(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}\n{output}")
         counts = read_counts(report) if report.exists() else dict.fromkeys(COUNTED, 0)
     return code, counts, seconds
+
+
+def say(text):
+    """Prints `text` in one write, so that backends ending together do not mix their lines."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def read_counts(report):
