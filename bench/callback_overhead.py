@@ -93,13 +93,15 @@ def measure(architecture, epochs, repeat, rounds):
         for run in list(seconds)[::1 if round_ % 2 == 0 else -1]:
             epoch_seconds, model = run()
             seconds[run].append(epoch_seconds)
-    ratios = [ours / theirs for ours, theirs in zip(seconds[app], seconds[bare])]
-    checked_ratios = [ours / theirs for ours, theirs in zip(seconds[checked], seconds[bare])]
+    def to_bare(run):
+        return [ours / theirs for ours, theirs in zip(seconds[run], seconds[bare])]
+
+    ratios = to_bare(app)
     return {"bare_s": statistics.median(seconds[bare]),
             "checked_s": statistics.median(seconds[checked]),
             "app_s": statistics.median(seconds[app]),
             "ratio": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios),
-            "checked_ratio": statistics.median(checked_ratios),
+            "checked_ratio": statistics.median(to_bare(checked)),
             "steps_per_execution": model.steps_per_execution, "jit_compile": model.jit_compile}
 
 
