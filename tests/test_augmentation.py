@@ -23,6 +23,7 @@ def augmenter_for(dataset, seed=0, **keys):
     return build_augmenter(AugmentationConfig(**keys), dataset, seed)
 
 
+@pytest.mark.slow
 def test_every_key_builds_and_each_batch_seed_repeats_exactly(digits):
     augmenter = augmenter_for(digits, flip="horizontal", rotation=0.1, translation=0.1, zoom=0.1,
                               contrast=0.2, brightness=0.2, noise=0.05, erasing=0.5,

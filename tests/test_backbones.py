@@ -43,6 +43,7 @@ def preprocessed(model, pixels):
     return keras.ops.convert_to_numpy(probe(pixels))
 
 
+@pytest.mark.slow  # building a backbone takes seconds on JAX
 def test_mobilenet_v2_sees_minus_one_to_one():
     model = classifier("mobilenet_v2", input_shape=(32, 32, 3))
     pixels = np.zeros((1, 32, 32, 3), np.float32)
@@ -50,6 +51,7 @@ def test_mobilenet_v2_sees_minus_one_to_one():
     np.testing.assert_allclose(preprocessed(model, pixels)[0, 0, 0], [-1.0, 0.0, 1.0], atol=1e-6)
 
 
+@pytest.mark.slow  # building a backbone takes seconds on JAX
 def test_resnet50_sees_caffe_bgr_minus_the_imagenet_mean():
     model = classifier("resnet50", input_shape=(32, 32, 3))
     pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
@@ -57,6 +59,7 @@ def test_resnet50_sees_caffe_bgr_minus_the_imagenet_mean():
     np.testing.assert_allclose(preprocessed(model, pixels), expected, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.slow  # building a backbone takes seconds on JAX
 def test_a_weights_file_loads_into_the_body(tmp_path):
     body = keras.applications.MobileNetV3Small(include_top=False, weights=None,
                                                input_shape=(32, 32, 3))

@@ -27,8 +27,8 @@ def run_results(run_cli, runs_dir, name, *overrides):
     return history, json.loads((runs_dir / name / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("precision", [
-    "mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_like_float32(precision, run_cli, runs_dir):
     reference, reference_metrics = run_results(run_cli, runs_dir, "float32")
     history, metrics = run_results(run_cli, runs_dir, precision,

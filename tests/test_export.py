@@ -144,6 +144,7 @@ def truncated(blob):
     return blob[:len(blob) // 2]
 
 
+@pytest.mark.slow
 @tensorflow_only
 @pytest.mark.parametrize("corrupt,message", [
     (zero_the_weights, "error: verification failed: max |Δ logit|"),

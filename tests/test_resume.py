@@ -42,7 +42,8 @@ def reference(run_cli, runs_dir):
     return runs_dir / "reference"
 
 
-@pytest.mark.parametrize("epoch, batch", [(1, 4), (1, 19)], ids=["mid-epoch", "epoch-end"])
+@pytest.mark.parametrize("epoch, batch", [(1, 4), pytest.param(1, 19, marks=pytest.mark.slow)],
+                         ids=["mid-epoch", "epoch-end"])
 def test_ctrl_c_keeps_the_run_and_resume_ends_it_exactly(run_cli, runs_dir, reference,
                                                          monkeypatch, epoch, batch):
     interrupt_at(monkeypatch, epoch, batch)  # 19: the last of 20 batches
@@ -110,6 +111,7 @@ def test_sigterm_keeps_the_run_exits_143_and_a_second_ctrl_c_stops_at_once(
     assert_same_run(reference, runs_dir / "run")
 
 
+@pytest.mark.slow
 def test_a_crash_after_training_keeps_the_run_and_resume_only_writes_it(run_cli, runs_dir,
                                                                         reference, monkeypatch):
     def broken(*args, **kwargs):
