@@ -10,7 +10,7 @@ fails (including "no tests collected").
 The backends run side by side, as many at once as there are CPU cores (`JOBS`), in the order
 given: most of a test's time is Python, not arithmetic, so on two cores each backend takes
 only 1.15 to 1.3 times as long as alone (the whole suite: 38 minutes instead of 63, before
-JAX's compilation cache of `conftest.py` brought it to 25). Each backend's output is printed
+JAX's compilation cache of `conftest.py` brought it to 25 to 30). Each backend's output is printed
 whole when it finishes.
 """
 
