@@ -204,12 +204,14 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir
     # Trials in this process (no worker processes), so that the spy below sees them.
     # One step per call: a mid-epoch state then resumes bit for bit (several steps per call
     # sum that epoch's running loss in another order, see test_resume).
-    settings = ["tuning.max_trials=2", "training.epochs=8", "training.checkpoint_minutes=0.001",
-                "output.timestamp=false", "tuning.trials_per_process=0",
-                "training.steps_per_execution=1"]
+    settings = ["tuning.max_trials=2", "training.epochs=8", "output.timestamp=false",
+                "tuning.trials_per_process=0", "training.steps_per_execution=1"]
     code, _, err = run_cli(*tune_arguments(*settings, "output.name=reference"))
     assert code == 0, err
+    # A state every 0.06 s, so that one exists early in the second trial. The reference needs
+    # none: saves do not change training, and under load their writes set its pace.
     command = [sys.executable, "-m", "app", "tune", *tune_arguments(*settings)[1:],
+               "--set", "training.checkpoint_minutes=0.001",
                "--set", "output.name=run", "--set", f"output.dir={runs_dir}"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, cwd=REPO, env=_environment(), start_new_session=True)
