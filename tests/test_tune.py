@@ -209,7 +209,7 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir
     code, _, err = run_cli(*tune_arguments(*settings, "output.name=reference"))
     assert code == 0, err
     # A state every 0.06 s, so that one exists early in the second trial. The reference needs
-    # none: saves do not change training, and under load their writes set its pace.
+    # none: saves do not change training.
     command = [sys.executable, "-m", "app", "tune", *tune_arguments(*settings)[1:],
                "--set", "training.checkpoint_minutes=0.001",
                "--set", "output.name=run", "--set", f"output.dir={runs_dir}"]
