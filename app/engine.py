@@ -323,7 +323,9 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoin
     configured = _optional_callbacks(config, dataset)
     guard = stopper = None
     if config.training.nan_guard:
-        guard = NaNGuard(monitor=stopping.monitor, mode=stopping.mode, verbose=0)
+        # `exact` waits for every call's loss, to stop at once and name the layer.
+        guard = NaNGuard(monitor=stopping.monitor, mode=stopping.mode, verbose=0,
+                         asynchronous=config.training.nan_guard != "exact")
         configured.append(guard)
     if stopping.enabled:
         # A checkpoint takes the signals itself, to save the state before stopping.
@@ -531,8 +533,10 @@ def _nan_report(guard, epochs):
     if guard is None or not guard.triggered:
         return None
     report = guard.report
-    where = (f"in epoch {epochs}, batch {report['batch'] + 1} (first non-finite gradient: "
-             f"layer {report['non_finite_gradient_layer']})")
+    layer = report["non_finite_gradient_layer"]
+    where = f"in epoch {epochs}, batch {report['batch'] + 1} " + (
+        f"(first non-finite gradient: layer {layer})" if layer or not report["batches_after"]
+        else "(training.nan_guard=exact names the first layer with a non-finite gradient)")
     if report["restored"] == "initial weights":
         raise UserError(f"training diverged {where} before any epoch finished; lower "
                         "schedule.lr or set training.clip_norm")

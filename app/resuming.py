@@ -155,8 +155,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     Put it after every other callback: it saves what they have done at an epoch's end, and
     restores their state after their own `on_train_begin` has reset it. The first SIGINT or
-    SIGTERM only sets a flag; at the end of that batch the state is saved and training stops
-    with `KeyboardInterrupt` (SIGTERM: `app.errors.Terminated`). The next one acts at once.
+    SIGTERM only sets a flag; when the call of the step under way ends (at the next one's
+    start) the state is saved and training stops with `KeyboardInterrupt` (SIGTERM:
+    `app.errors.Terminated`). The next one acts at once.
 
     Args:
         path: the state file (`app.rundir.STATE_FILE` in the run's folder).
@@ -185,6 +186,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     ```
     """
 
+    # Keras dispatches the batch-end hooks of `async_safe` callbacks on a thread and goes on
+    # training. This one's only ever acts on TensorFlow without a distribution strategy,
+    # which builds the metrics in the first step and never dispatches on a thread.
+    async_safe = True
+
     def __init__(self, path, tracked=(), identity=None, resume_from=None, every_minutes=None,
                  time_budget=None):
         super().__init__()
@@ -210,8 +216,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._writer = None  # the thread that writes the states
         self._writing = None  # the `Future` of the last state saved: its writing's seconds
         self._previous_handlers = {}
+        self._stepped = False  # whether a step ran in this `fit` (resumed or not)
 
     def on_train_begin(self, logs=None):
+        self._stepped = False
         self._catch_signals()
         state, self.resume_from = self.resume_from, None
         if state is not None:
@@ -219,21 +227,21 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        if self._saved_metrics is not None and len(self.model.metrics_variables) == len(
+                self._saved_metrics):
+            # Keras has just reset the metrics: the resumed epoch's running sums go on from
+            # the saved ones, in the uninterrupted run's order of addition.
+            self._add_saved_metrics()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._saved_random_state is not None:
             _set_random_state(self._saved_random_state)
             self._saved_random_state = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._saved_metrics is not None:
-            self._add_saved_metrics()
-        done = self._batches_before + batch + 1
-        steps = self.params.get("steps")
-        # With several steps per execution Keras numbers the last call's end as a full one,
-        # past the epoch's last batch.
-        if steps is not None and batch + 1 >= steps:
-            return  # the epoch's last batch: its end saves (and stops if asked) in a moment
+        if not (batch or self._stepped) or self._saved_metrics is not None:
+            return  # no step yet in this `fit`: TensorFlow builds the optimizer in the first
+        # The last call's end, seen at the next one's start: Keras waits for every call's
+        # result before it dispatches the next when a callback has a batch-end hook.
+        done = self._batches_before + batch
         if self.interrupt_signal is not None:
             self.save(done)
             self._stop()
@@ -241,7 +249,12 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 and time.monotonic() - self._last_save >= 60 * self.every_minutes):
             self.save(done)
 
+    def on_train_batch_end(self, batch, logs=None):
+        if self._saved_metrics is not None:
+            self._add_saved_metrics()
+
     def on_epoch_end(self, epoch, logs=None):
+        self._stepped = True
         self._batches_before = 0
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
@@ -333,9 +346,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             callback.load_state_dict(callback_state)
         self._epoch, self._batches_before = state.epoch, state.batch
         if state.batch:
-            # The epoch's running sums (loss, accuracy) are added back once its first resumed
-            # batch has built the metrics (TensorFlow builds them in the first step), in the
-            # same order of addition as the uninterrupted run.
+            # The epoch's running sums (loss, accuracy) are added back when the epoch starts,
+            # or where the first step builds the metrics (TensorFlow), after it.
             self._saved_metrics = state.metrics_variables
 
     def _add_saved_metrics(self):
@@ -380,6 +392,7 @@ class WithoutHook(keras.callbacks.Callback):
     def __init__(self, callback, hook):
         super().__init__()
         self.callback = callback
+        self.async_safe = getattr(callback, "async_safe", False)
         for name in dir(keras.callbacks.Callback):
             if name.startswith("on_"):
                 setattr(self, name, _ignore if name == hook else getattr(callback, name))

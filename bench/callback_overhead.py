@@ -4,26 +4,30 @@ Usage: `python bench/callback_overhead.py [--epochs 30] [--architecture mlp|cnn]
 [--repeat N] [--rounds 3] [--backends jax,torch]`. For each backend (one process each, one
 after the other), the same compiled model (the default configuration: `build_compiled_model`,
 so the same `steps_per_execution` and `jit_compile`) trains on the digits training split,
-validated on its validation split, in three ways:
+validated on its validation split, in four ways:
 
 - bare: `model.fit(x, y, validation_data=..., shuffle=True)` with a timer callback only;
-- bare with `keras.callbacks.TerminateOnNaN()`: Keras's own check of every batch's loss.
-  Any callback that reads a batch's logs makes Keras wait for that batch's result before it
-  dispatches the next (JAX otherwise runs ahead), so this is what a per-batch check costs
-  in itself; the app's `NaNGuard` and training state also act at a batch's end;
-- app: `app.engine.train_model` as `fit` runs it: the app's data feeding, the learning-rate
+- bare with `keras.callbacks.TerminateOnNaN()`: Keras's own check of every batch's loss,
+  which makes Keras wait for each call's result before it dispatches the next (JAX
+  otherwise runs ahead);
+- the app's feeding: `model.fit` on `app.feeding.fit_inputs` (the `Batches` that make the
+  order of a resumed run the same) with the timer only;
+- app: `app.engine.train_model` as `fit` runs it: the same feeding, the learning-rate
   monitor, `NaNGuard`, `EarlyStopping` (patience above the epochs, so that all of them run
   every epoch), the best-epoch checkpoint (`best.keras`, kept in memory and written when
   training ends) and the training state gathered at epochs' ends (within its time budget)
   and written by a background thread (`fit --resume`).
 
-Each is trained `--rounds` times, in turn, so that a machine's drift weighs on all; a
-round's figure is its median steady epoch (the first two are not timed). It prints the
-medians over the rounds and the median of the rounds' ratios, with the lowest and highest
-ratio; the target is at most 1.05×. The app's cost is per epoch (copies of the variables
-when the monitor improves, the training state's gathering and writing), so it weighs most
-on digits' 20-batch epochs: `--repeat N` repeats the training split N times for epochs of a
-realistic length.
+An epoch's time runs from the end of the one before to its own end, so that it includes
+every callback's epoch hooks, wherever they stand in the list. Each arm is trained
+`--rounds` times, in turn, so that a machine's drift weighs on all; a round's figure is its
+median steady epoch (the first two are not timed). It prints the medians over the rounds;
+the median of the rounds' ratios, and for the callback stack (app / feeding) the lowest and
+highest round's and the ratio of the fastest tenth of all rounds' epochs (their 10th
+percentile, which a shared machine's slow spells reach least). The target is at most 1.05×.
+The stack's cost is per epoch (copies of the variables when the monitor improves, the
+training state's gathering and writing), so it weighs most on digits' 20-batch epochs:
+`--repeat N` repeats the training split N times for epochs of a realistic length.
 """
 
 import argparse
@@ -35,15 +39,30 @@ import tempfile
 from pathlib import Path
 
 # This script's folder is on the path.
-from throughput import WARMUP_EPOCHS, epoch_timer, worker_result
+from throughput import WARMUP_EPOCHS, worker_result
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def steady(seconds):
-    return statistics.median(seconds[WARMUP_EPOCHS:])
+def epoch_intervals():
+    """A callback that records the time from each epoch's end to the next one's in
+    `.seconds` (the first epoch's from its start)."""
+    import time
+
+    import keras
+
+    class _EpochIntervals(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seconds, self._last = [], time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            self.seconds.append(now - self._last)
+            self._last = now
+
+    return _EpochIntervals()
 
 
 def measure(architecture, epochs, repeat, rounds):
@@ -55,6 +74,7 @@ def measure(architecture, epochs, repeat, rounds):
     from app.config import load_config
     from app.data import load_dataset
     from app.engine import build_compiled_model, resolve_config, training_checkpoint, train_model
+    from app.feeding import fit_inputs
 
     config = resolve_config(load_config(overrides=[
         f"model.architecture={architecture}", f"training.epochs={epochs}",
@@ -66,42 +86,61 @@ def measure(architecture, epochs, repeat, rounds):
     def bare(*callbacks):
         keras.utils.set_random_seed(config.seed)
         model = build_compiled_model(config, dataset)
-        timer = epoch_timer()
+        timer = epoch_intervals()
         model.fit(dataset.x_train, dataset.y_train,
                   validation_data=(dataset.x_val, dataset.y_val),
                   batch_size=config.training.batch_size, epochs=epochs, shuffle=True,
                   verbose=0, callbacks=[timer, *callbacks])
-        return steady(timer.seconds), model
+        return timer.seconds[WARMUP_EPOCHS:], model
 
     def checked():
         return bare(keras.callbacks.TerminateOnNaN())
 
+    def fed():
+        keras.utils.set_random_seed(config.seed)
+        model = build_compiled_model(config, dataset)
+        timer = epoch_intervals()
+        inputs = fit_inputs(dataset, config)
+        data_callbacks = inputs.pop("callbacks", [])
+        model.fit(**inputs, epochs=epochs, verbose=0, callbacks=[*data_callbacks, timer])
+        return timer.seconds[WARMUP_EPOCHS:], model
+
     def app():
         keras.utils.set_random_seed(config.seed)
         model = build_compiled_model(config, dataset)
-        timer = epoch_timer()
+        timer = epoch_intervals()
         with tempfile.TemporaryDirectory() as folder:
             state = training_checkpoint(config, dataset, Path(folder) / "training_state.npz",
                                         resume=False)
             train_model(model, config, dataset, Path(folder) / "best.keras",
                         extra_callbacks=[timer], state=state)
-        return steady(timer.seconds), model
+        return timer.seconds[WARMUP_EPOCHS:], model
 
     # Alternated, in turn forwards and backwards, so that a machine's drift weighs on all.
-    seconds = {bare: [], checked: [], app: []}
+    seconds = {bare: [], checked: [], fed: [], app: []}
     for round_ in range(rounds):
         for run in list(seconds)[::1 if round_ % 2 == 0 else -1]:
             epoch_seconds, model = run()
             seconds[run].append(epoch_seconds)
-    def to_bare(run):
-        return [ours / theirs for ours, theirs in zip(seconds[run], seconds[bare])]
+    medians = {run: [statistics.median(epochs) for epochs in rounds_]
+               for run, rounds_ in seconds.items()}
 
-    ratios = to_bare(app)
-    return {"bare_s": statistics.median(seconds[bare]),
-            "checked_s": statistics.median(seconds[checked]),
-            "app_s": statistics.median(seconds[app]),
-            "ratio": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios),
-            "checked_ratio": statistics.median(to_bare(checked)),
+    def ratios(run, reference):
+        return [ours / theirs for ours, theirs in zip(medians[run], medians[reference])]
+
+    def fastest_tenth(run):
+        return float(np.percentile(np.concatenate(seconds[run]), 10))
+
+    stack = ratios(app, fed)
+    return {"bare_s": statistics.median(medians[bare]),
+            "checked_s": statistics.median(medians[checked]),
+            "fed_s": statistics.median(medians[fed]),
+            "app_s": statistics.median(medians[app]),
+            "stack": statistics.median(stack), "lowest": min(stack), "highest": max(stack),
+            "fastest_tenth": fastest_tenth(app) / fastest_tenth(fed),
+            "checked_ratio": statistics.median(ratios(checked, bare)),
+            "fed_ratio": statistics.median(ratios(fed, bare)),
+            "app_ratio": statistics.median(ratios(app, bare)),
             "steps_per_execution": model.steps_per_execution, "jit_compile": model.jit_compile}
 
 
@@ -130,17 +169,20 @@ def main():
     print(f"Default {arguments.architecture} on digits (training split × {arguments.repeat}), "
           f"{arguments.epochs} epochs, median epoch after the first {WARMUP_EPOCHS}, "
           f"{arguments.rounds} alternated rounds (medians; the ratio's lowest and highest "
-          f"round in brackets); {os.cpu_count()} CPU cores.\n")
-    print("| backend | steps / call, jit | bare `model.fit` (s / epoch) | with TerminateOnNaN "
-          "| app's `fit` | TerminateOnNaN / bare | app / bare |")
-    print("|---|---|---|---|---|---|---|")
+          f"round in brackets; then the ratio of the 10th percentiles of all rounds' epochs); "
+          f"{os.cpu_count()} CPU cores.\n")
+    print("| backend | steps / call, jit | s / epoch: bare, TerminateOnNaN, app's feeding, app "
+          "| TerminateOnNaN / bare | feeding / bare | callbacks: app / feeding | fastest tenth "
+          "| app / bare |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for backend in arguments.backends.split(","):
         row = run_worker(backend, arguments.architecture, arguments.epochs, arguments.repeat,
                          arguments.rounds)
         print(f"| {backend} | {row['steps_per_execution']}, {row['jit_compile']} | "
-              f"{row['bare_s']:.4f} | {row['checked_s']:.4f} | {row['app_s']:.4f} | "
-              f"{row['checked_ratio']:.2f}× | {row['ratio']:.2f}× "
-              f"[{row['lowest']:.2f}–{row['highest']:.2f}] |", flush=True)
+              f"{row['bare_s']:.4f}, {row['checked_s']:.4f}, {row['fed_s']:.4f}, "
+              f"{row['app_s']:.4f} | {row['checked_ratio']:.2f}× | {row['fed_ratio']:.2f}× | "
+              f"{row['stack']:.2f}× [{row['lowest']:.2f}–{row['highest']:.2f}] | "
+              f"{row['fastest_tenth']:.2f}× | {row['app_ratio']:.2f}× |", flush=True)
 
 
 if __name__ == "__main__":

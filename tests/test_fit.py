@@ -126,6 +126,7 @@ def test_an_exception_in_training_leaves_no_run_directory(run_cli, runs_dir, mon
 
 @pytest.mark.parametrize("guard, message", [
     ("true", "error: training diverged in epoch 1, batch "),
+    ("exact", "error: training diverged in epoch 1, batch "),
     ("false", "error: val_loss was never finite"),
 ])
 def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir, guard, message):
@@ -134,7 +135,26 @@ def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir, guard
         "training.epochs=2", f"training.nan_guard={guard}"))
     assert code == 2
     assert err.startswith(message) and err.count("\n") == 1, err
+    if guard == "exact":
+        assert "(first non-finite gradient: layer " in err
     assert not runs_dir.exists()  # not even an empty runs/ of a first, failed run
+
+
+def test_the_app_callbacks_let_keras_dispatch_ahead(run_cli, monkeypatch):
+    """No batch-end hook makes Keras wait for every call's result (JAX and torch: Keras never
+    runs ahead on TensorFlow), unless the NaN guard is asked to be exact."""
+    decisions = {}
+
+    def record(callback_list, callbacks):
+        configure(callback_list, callbacks)
+        if any(type(callback).__name__ == "NaNGuard" for callback in callbacks or []):
+            decisions[guard] = callback_list._async_train
+
+    configure = keras.callbacks.CallbackList._configure_async_dispatch
+    monkeypatch.setattr(keras.callbacks.CallbackList, "_configure_async_dispatch", record)
+    for guard in ("true", "exact"):
+        fit(run_cli, "training.epochs=1", f"training.nan_guard={guard}")
+    assert decisions == {"true": BACKEND != "tensorflow", "exact": False}
 
 
 # Each backend's file is loaded by the next backend in this cycle: every backend saves one and

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 import callbacks
+from callbacks.nan_guard import MAX_CALLS_AHEAD
 
 
 class Poison(keras.layers.Layer):
@@ -97,3 +98,33 @@ def test_quiet_on_a_healthy_run_and_config():
     assert not guard.triggered and guard.report is None
     assert keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(guard)).get_config() == guard.get_config()
+
+
+def test_asynchronous_stops_a_few_calls_later_with_the_same_weights_without_waiting():
+    x, y = data()
+    steps = 1 if keras.backend.backend() == "torch" else 2  # Keras 3.15 refuses more on torch
+    runs = {}
+    for asynchronous in (False, True):
+        model = poisoned_model()
+        model.steps_per_execution = steps
+        guard = callbacks.NaNGuard(monitor="loss", verbose=0, asynchronous=asynchronous)
+        # 32 batches an epoch: an asynchronous stop has calls left to run ahead into.
+        history = model.fit(np.tile(x, (8, 1)), np.tile(y, (8, 1)), batch_size=16, epochs=6,
+                            verbose=0, callbacks=[PoisonAt(3), guard])
+        runs[asynchronous] = guard.report, model.get_weights(), history.history["loss"]
+    (exact, exact_weights, exact_losses), (report, weights, losses) = runs[False], runs[True]
+    assert report["batch"] == exact["batch"] == steps - 1  # the first call of epoch 4
+    assert report["restored"] == exact["restored"] == "best epoch"
+    assert exact["batches_after"] == 0 and exact["non_finite_gradient_layer"] == "first"
+    assert 0 <= report["batches_after"] <= MAX_CALLS_AHEAD * steps
+    assert report["non_finite_gradient_layer"] == (None if report["batches_after"] else "first")
+    assert losses[:3] == exact_losses[:3] and len(losses) == 4
+    for ours, expected in zip(weights, exact_weights):
+        np.testing.assert_array_equal(ours, expected)
+    # Keras's own decision: only the synchronous guard makes it wait for every call (Keras
+    # never runs ahead on TensorFlow).
+    for asynchronous in (False, True):
+        callback_list = keras.callbacks.CallbackList(
+            [callbacks.NaNGuard(asynchronous=asynchronous)], model=model)
+        assert callback_list._async_train is (asynchronous
+                                              and keras.backend.backend() != "tensorflow")

@@ -330,7 +330,7 @@ class TrainingConfig:
     global_clip_norm: Optional[float] = option(None, low=0.0, low_open=True)
     verbose: int = option(1, choices=[0, 1, 2])
     noise_scale: bool = option(False)
-    nan_guard: bool = option(True)
+    nan_guard: bool = option(True, keywords=["exact"])
     precision: str = option("float32", choices=PRECISIONS)
     steps_per_execution: int = option("auto", low=1, keywords=["auto"])
     jit_compile: bool = option("auto", keywords=["auto"])
