@@ -140,9 +140,10 @@ def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir, guard
     assert not runs_dir.exists()  # not even an empty runs/ of a first, failed run
 
 
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras never dispatches ahead on TensorFlow")
 def test_the_app_callbacks_let_keras_dispatch_ahead(run_cli, monkeypatch):
-    """No batch-end hook makes Keras wait for every call's result (JAX and torch: Keras never
-    runs ahead on TensorFlow), unless the NaN guard is asked to be exact."""
+    """No batch-end hook makes Keras wait for every call's result, unless the NaN guard is
+    asked to be exact."""
     decisions = {}
 
     def record(callback_list, callbacks):
@@ -154,7 +155,7 @@ def test_the_app_callbacks_let_keras_dispatch_ahead(run_cli, monkeypatch):
     monkeypatch.setattr(keras.callbacks.CallbackList, "_configure_async_dispatch", record)
     for guard in ("true", "exact"):
         fit(run_cli, "training.epochs=1", f"training.nan_guard={guard}")
-    assert decisions == {"true": BACKEND != "tensorflow", "exact": False}
+    assert decisions == {"true": True, "exact": False}
 
 
 # Each backend's file is loaded by the next backend in this cycle: every backend saves one and
