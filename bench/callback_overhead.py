@@ -122,8 +122,8 @@ def measure(architecture, epochs, repeat, rounds):
         for run in list(seconds)[::1 if round_ % 2 == 0 else -1]:
             epoch_seconds, model = run()
             seconds[run].append(epoch_seconds)
-    medians = {run: [statistics.median(epochs) for epochs in rounds_]
-               for run, rounds_ in seconds.items()}
+    medians = {run: [statistics.median(round_seconds) for round_seconds in per_round]
+               for run, per_round in seconds.items()}
 
     def ratios(run, reference):
         return [ours / theirs for ours, theirs in zip(medians[run], medians[reference])]
