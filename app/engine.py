@@ -317,15 +317,18 @@ def fit_configured(model, config, dataset, callbacks=(), verbose=None, checkpoin
         UserError: if the loss became non-finite before any epoch finished.
         KeyboardInterrupt: after a graceful Ctrl-C (`app.errors.Terminated`: SIGTERM).
     """
+    from app.lockstep import lockstep_callbacks
     from callbacks import EarlyStopping, NaNGuard
 
     stopping = config.early_stopping
-    configured = _optional_callbacks(config, dataset)
+    lockstep = lockstep_callbacks()  # several processes: Keras waits for every call
+    configured = [*lockstep, *_optional_callbacks(config, dataset)]
     guard = stopper = None
     if config.training.nan_guard:
-        # `exact` waits for every call's loss, to stop at once and name the layer.
+        # `exact` waits for every call's loss, to stop at once and name the layer; so does
+        # the guard wherever Keras waits anyway.
         guard = NaNGuard(monitor=stopping.monitor, mode=stopping.mode, verbose=0,
-                         asynchronous=config.training.nan_guard != "exact")
+                         asynchronous=config.training.nan_guard != "exact" and not lockstep)
         configured.append(guard)
     if stopping.enabled:
         # A checkpoint takes the signals itself, to save the state before stopping.

@@ -9,10 +9,12 @@ import pytest
 import yaml
 
 import app.engine
+import app.lockstep
 import app.rundir
 from app.config import load_config
 from app.data import load_dataset
 from app.reporting import read_history_csv
+from callbacks import NaNGuard
 from tests.helpers import BACKEND, fit, fit_arguments, only_run, run_subprocess
 
 RUN_FILES = {"config.yaml", "classes.json", "history.csv", "best.keras", "metrics.json", "curves.png"}
@@ -141,21 +143,27 @@ def test_divergence_is_a_clear_error_and_leaves_nothing(run_cli, runs_dir, guard
 
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras never dispatches ahead on TensorFlow")
-def test_the_app_callbacks_let_keras_dispatch_ahead(run_cli, monkeypatch):
+def test_the_app_callbacks_let_keras_dispatch_ahead_in_one_process(run_cli, monkeypatch):
     """No batch-end hook makes Keras wait for every call's result, unless the NaN guard is
-    asked to be exact."""
+    asked to be exact, or several processes train together (`app.lockstep`)."""
     decisions = {}
 
     def record(callback_list, callbacks):
         configure(callback_list, callbacks)
-        if any(type(callback).__name__ == "NaNGuard" for callback in callbacks or []):
-            decisions[guard] = callback_list._async_train
+        guards = [callback for callback in callbacks or [] if isinstance(callback, NaNGuard)]
+        if guards:
+            decisions[case] = (callback_list._async_train, callback_list._async_test,
+                               guards[0].asynchronous)
 
     configure = keras.callbacks.CallbackList._configure_async_dispatch
     monkeypatch.setattr(keras.callbacks.CallbackList, "_configure_async_dispatch", record)
-    for guard in ("true", "exact"):
+    for case, guard, processes in [("alone", "true", 1), ("exact", "exact", 1),
+                                   ("one of two processes", "true", 2)]:
+        monkeypatch.setattr(app.lockstep, "process_part", lambda count=processes: (0, count))
         fit(run_cli, "training.epochs=1", f"training.nan_guard={guard}")
-    assert decisions == {"true": True, "exact": False}
+    # (train ahead, validate ahead, the guard asynchronous)
+    assert decisions == {"alone": (True, True, True), "exact": (False, True, False),
+                         "one of two processes": (False, False, False)}
 
 
 # Each backend's file is loaded by the next backend in this cycle: every backend saves one and
