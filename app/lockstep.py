@@ -24,8 +24,9 @@ class WaitForEachCall(keras.callbacks.Callback):
     """Makes Keras wait for each training and validation call's result before the next.
 
     Keras dispatches batch-end hooks on threads only if every callback that has one is
-    `async_safe`; this one is not, and its hooks do nothing: Keras converts the call's
-    logs on the training thread before it calls them, which waits for the call.
+    `async_safe`; this one is not, and its hooks do nothing: Keras (3.15) converts the
+    call's logs to Python numbers on the training thread before it calls them, which waits
+    for the call.
 
     Example:
 
@@ -41,11 +42,7 @@ class WaitForEachCall(keras.callbacks.Callback):
         pass
 
 
-def several_processes():
-    """Whether this process trains a run together with others (JAX's distributed runtime)."""
-    return process_part()[1] > 1
-
-
 def lockstep_callbacks():
-    """`[WaitForEachCall()]` where several processes train together, else `[]`."""
-    return [WaitForEachCall()] if several_processes() else []
+    """`[WaitForEachCall()]` where several processes train a run together (JAX's distributed
+    runtime), else `[]`."""
+    return [WaitForEachCall()] if process_part()[1] > 1 else []
