@@ -71,8 +71,6 @@ class NaNGuard(keras.callbacks.Callback):
         self.probe_data = probe_data
         self.verbose = verbose
         self.asynchronous = asynchronous
-        # Read by Keras: this guard's batch ends may run on its callback threads.
-        self.async_safe = asynchronous
         self.triggered = False
         self.report = None
         self._best = None
@@ -82,6 +80,11 @@ class NaNGuard(keras.callbacks.Callback):
         self._last_begun = 0  # the first batch of the last call dispatched
         self._unchecked = 0  # calls dispatched whose loss was not read yet
         self._checked = threading.Condition()
+
+    @property
+    def async_safe(self):
+        """Read by Keras: whether this guard's batch ends may run on its callback threads."""
+        return self.asynchronous
 
     def on_train_begin(self, logs=None):
         self.triggered, self.report, self._finding = False, None, None
