@@ -38,7 +38,7 @@ def freeze_what_each_test_leaves():
     sight (`gc.freeze`). TensorFlow keeps every traced function's graph alive after its model
     is gone (a MobileNet's training step left 220,000 objects), and full collections walk all
     of them: coremltools collects three times per conversion, KerasTuner at every trial, so
-    after the backbone tests a 2-second export test took 7 s, 6 of them collecting. The
+    after the backbone tests an export test of 1 s took 7 s, 6 of them collecting. The
     survivors are kept either way; only the time spent walking them goes."""
     yield
     gc.collect()
