@@ -41,7 +41,7 @@ def test_each_backbone_builds_and_round_trips(architecture, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_body_without_pretrained_weights_trains_from_its_first_layer(tmp_path):
+def test_a_body_without_pretrained_weights_trains_from_its_first_layer():
     model = classifier("mobilenet_v3_small")
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 24, 24, 1)).astype("float32")
