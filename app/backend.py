@@ -46,6 +46,50 @@ def select_backend(name=None):
     return name
 
 
+def keep_tensorflow_out_of_keras():
+    """On the JAX and torch backends, makes Keras take TensorFlow as not installed.
+
+    Keras imports TensorFlow wherever it is installed, to seed it in
+    `keras.utils.set_random_seed` (for `tf.data` pipelines) and to look for its shapes when it
+    saves a model; the app uses neither on JAX or torch, and the import took 3 to 4 s of
+    every JAX or torch process on a 2-core machine. Code that imports TensorFlow itself
+    still can. Nothing changes on TensorFlow, once Keras has imported it, or if Keras's lazy
+    import (`keras.src.utils.module_utils.tensorflow`) lacks the attributes it has in Keras
+    3.15.
+
+    Example:
+
+    ```python
+    select_backend("jax")
+    keep_tensorflow_out_of_keras()
+    ```
+    """
+    import keras
+    from keras.src.utils import module_utils
+
+    if keras.backend.backend() == "tensorflow":
+        return
+    lazy_tensorflow = getattr(module_utils, "tensorflow", None)
+    # Its own attributes only: looking up any other attribute imports TensorFlow.
+    state = getattr(lazy_tensorflow, "__dict__", {})
+    if state.get("module", True) is None and "_available" in state:
+        state["_available"] = False
+
+
+def set_random_seed(seed):
+    """`keras.utils.set_random_seed(seed)` after `keep_tensorflow_out_of_keras()`: every run
+    seeds before it builds or saves a model.
+
+    Args:
+        seed: the integer that Python's, NumPy's, the backend's and Keras's generators start
+            from.
+    """
+    import keras
+
+    keep_tensorflow_out_of_keras()
+    keras.utils.set_random_seed(seed)
+
+
 def is_installed(name):
     return importlib.util.find_spec(name) is not None
 

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from app.backend import set_random_seed
+
 OVERFIT_SAMPLES = 32
 OVERFIT_STEPS = 200
 
@@ -34,8 +36,6 @@ class Check:
 
 def run_doctor(config):
     """Runs the checks on the configured model and a training batch; returns the `Check`s."""
-    import keras
-
     from app.data import load_dataset
     from app.engine import build_compiled_model, check_model_fits_data, resolve_config
     from app.tables.optimizers import default_learning_rate
@@ -47,7 +47,7 @@ def run_doctor(config):
     if config.schedule.lr == "auto":  # the finder is not what is being checked here
         config = dataclasses.replace(config, schedule=dataclasses.replace(
             config.schedule, lr=default_learning_rate(config.optimizer.name)))
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     model = build_compiled_model(config, dataset)
     size = min(config.training.batch_size, len(dataset.x_train))
     x, y = dataset.x_train[:size], dataset.y_train[:size]
@@ -55,7 +55,7 @@ def run_doctor(config):
     checks = [_initial_loss(loss, dataset.num_classes),
               _finite(loss, model, x),
               _gradients(model, gradients)]
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     checks.append(_overfit(build_compiled_model(config, dataset), dataset))
     return checks
 

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from app.backend import set_random_seed
 from app.config import config_hash
 from app.data import BUNDLED_DATASETS, report_warnings
 from app.distribution import start_distribution, stop_distribution
@@ -51,14 +52,12 @@ def train_and_test(config, dataset, checkpoint_path, teacher_path=None, state_pa
     Returns:
         `(history, metrics)`: the per-epoch logs and what `metrics.json` holds.
     """
-    import keras
-
     from app.feeding import evaluation_inputs
 
     for line in report_warnings(dataset):
         print(line, file=sys.stderr)
     started = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     devices = start_distribution(config.distribution,
                                  variables=lambda: variable_shapes(config, dataset))
     try:

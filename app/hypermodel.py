@@ -28,6 +28,7 @@ from pathlib import Path
 import keras
 import keras_tuner
 
+from app.backend import set_random_seed
 from app.config import with_values
 from app.config.search_space import declare, parse_search_space
 from app.errors import UserError
@@ -110,7 +111,7 @@ class ConfiguredHyperModel(keras_tuner.HyperModel):
 
         config = self.trial_config(hp)
         # Every trial starts from the same seed: differences come from the values, not luck.
-        keras.utils.set_random_seed(config.seed)
+        set_random_seed(config.seed)
         with self._on_devices():
             return build_compiled_model(config, self.training_data(config), self.devices)
 

@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 
 from app.arrays import select
+from app.backend import set_random_seed
 from app.config import ScheduleConfig
 from app.errors import UserError
 from app.rundir import LR_FIND_CSV, LR_FIND_JSON, LR_FIND_PNG
@@ -36,8 +37,6 @@ def find_learning_rate(config, dataset, min_lr=DEFAULT_SWEEP["min_lr"],
     Raises:
         UserError: if the sweep diverged before it could suggest anything.
     """
-    import keras
-
     from app.engine import build_compiled_model
     from app.feeding import evaluation_inputs
     from callbacks import LRFinder
@@ -49,7 +48,7 @@ def find_learning_rate(config, dataset, min_lr=DEFAULT_SWEEP["min_lr"],
         training=dataclasses.replace(config.training, accumulation_steps=1,
                                      accumulation_schedule=None, steps_per_execution=1),
     )
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     model = build_compiled_model(sweep_config, dataset)
     x, y = _sweep_batches(dataset, steps * batch_size, config.seed)
     finder = LRFinder(min_lr=min_lr, max_lr=max_lr, num_steps=steps, suggestion=rule)

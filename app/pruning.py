@@ -22,6 +22,7 @@ history, metrics, rounds = prune_rounds(config, dataset, trained, sparsity=0.9, 
 import dataclasses
 import re
 
+from app.backend import set_random_seed
 from app.errors import UserError
 
 REWIND_FORMS = "init or epoch:K"
@@ -61,12 +62,10 @@ def round_config(config, sparsity, epochs, scope):
 def rewound_weights(config, dataset, rewind_epoch):
     """The values of every weight of the run after `rewind_epoch` epochs (0: as initialized),
     replayed from its seed: a run's training is deterministic on its backend."""
-    import keras
-
     from app.engine import build_compiled_model, fit_configured
     from callbacks.training_state import sync_jax_state, to_numpy
 
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     model = build_compiled_model(config, dataset)
     if rewind_epoch:
         dense = dataclasses.replace(config, training=dataclasses.replace(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.helpers import BACKEND, run_subprocess, write_npz
+from tests.helpers import BACKEND, fit_arguments, run_subprocess, write_npz
 
 
 def write(path, text, encoding="utf-8"):
@@ -189,6 +189,32 @@ def test_info_names_versions_backend_and_devices(run_cli):
     assert lines["backend"] == BACKEND
     assert all(name in lines["installed"] for name in ("tensorflow", "jax", "torch"))
     assert "cpu" in lines["devices"].lower()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow is the backend there")
+def test_a_fit_on_jax_or_torch_never_imports_tensorflow(tmp_path):
+    program = ("import sys; from app.cli import main; "
+               f"code = main({fit_arguments('training.epochs=1', f'output.dir={tmp_path}')!r}); "
+               "print(code, 'tensorflow' in sys.modules)")
+    result = run_subprocess(["-c", program])
+    assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
+
+
+def test_keras_takes_tensorflow_as_missing_on_jax_and_torch_only(monkeypatch):
+    from keras.src.utils import module_utils
+
+    from app.backend import keep_tensorflow_out_of_keras
+
+    not_yet_imported = module_utils.LazyModule("tensorflow")
+    monkeypatch.setattr(module_utils, "tensorflow", not_yet_imported)
+    keep_tensorflow_out_of_keras()
+    assert not_yet_imported.available is (BACKEND == "tensorflow")
+    imported = module_utils.LazyModule("tensorflow")
+    imported.initialize()  # as when Keras has imported it before
+    monkeypatch.setattr(module_utils, "tensorflow", imported)
+    keep_tensorflow_out_of_keras()
+    assert imported.available
 
 
 def test_real_process_exit_codes_and_help(tmp_path):
