@@ -223,17 +223,15 @@ def last_written(path):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_ends_exactly(tmp_path):
+def test_sigkill_at_random_points_then_resume_ends_exactly(run_cli, runs_dir, tmp_path):
     """Killed three times (no handler runs: a power cut, the out-of-memory killer), at random
     moments within and between epochs, the run resumes each time and ends as if never
     stopped."""
-    arguments = [*fit_arguments(*SETTINGS, "training.checkpoint_minutes=0.002"),
-                 "--set", f"output.dir={tmp_path}"]
-    reference = run_subprocess(["-m", "app", *arguments, "--set", "output.name=reference"],
-                               cwd=tmp_path)
-    assert reference.returncode == 0, reference.stderr
-    command = [sys.executable, "-m", "app", *arguments, "--set", "output.name=run"]
-    partial = tmp_path / "run.partial"
+    settings = (*SETTINGS, "training.checkpoint_minutes=0.002")
+    fit(run_cli, *settings, "output.name=reference")  # here; each killed run is a process
+    command = [sys.executable, "-m", "app", *fit_arguments(*settings, "output.name=run"),
+               "--set", f"output.dir={runs_dir}"]
+    partial = runs_dir / "run.partial"
     chooser = random.Random(0)
     kills = 0
     environment = {**os.environ, "KERAS_BACKEND": BACKEND, "PYTHONPATH": str(REPO)}
@@ -258,8 +256,8 @@ def test_sigkill_at_random_points_then_resume_ends_exactly(tmp_path):
     if partial.exists():
         finished = run_subprocess(command[1:], cwd=tmp_path)
         assert finished.returncode == 0, finished.stderr
-    assert_same_run(tmp_path / "reference", tmp_path / "run")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["reference", "run"]
+    assert_same_run(runs_dir / "reference", runs_dir / "run")
+    assert sorted(path.name for path in runs_dir.iterdir()) == ["reference", "run"]
 
 
 @pytest.mark.slow

@@ -29,6 +29,10 @@ SEARCH = [
     "model.dropout: {uniform: [0.0, 0.3]}}",
     "tuning.max_trials=3",
 ]
+# Trials in the test's own process. TensorFlow's default starts a worker process per ten
+# trials, whose import of TensorFlow, Keras and KerasTuner took half of a small search's time;
+# the tests of worker processes, Ctrl-C and failing searches keep the default.
+IN_THIS_PROCESS = "tuning.trials_per_process=0"
 
 
 def tune_arguments(*overrides):
@@ -54,7 +58,8 @@ def read_leaderboard(search_dir):
     ("random", "val_loss"), ("bayesian", "val_accuracy"), ("hyperband", "val_loss")])
 def test_a_search_writes_a_ranked_leaderboard_and_a_tested_best_model(run_cli, runs_dir, tuner,
                                                                      objective):
-    code, out, err = run_cli(*tune_arguments(f"tuning.objective={objective}"), "--tuner", tuner)
+    code, out, err = run_cli(*tune_arguments(f"tuning.objective={objective}", IN_THIS_PROCESS),
+                             "--tuner", tuner)
     assert code == 0, err
     search_dir = only_search(runs_dir)
     assert search_dir.name.startswith("mlp-student-search-")
@@ -98,7 +103,7 @@ def test_the_search_never_sees_the_test_split():
 def test_failed_trials_are_listed_with_their_reason(run_cli, runs_dir):
     code, out, err = run_cli(*tune_arguments(
         "search={schedule.name: {choice: [constant, step]}, schedule.lr: {choice: [0.01]}}",
-        "tuning.max_trials=2", "tuning.max_consecutive_failed_trials=2"))
+        "tuning.max_trials=2", "tuning.max_consecutive_failed_trials=2", IN_THIS_PROCESS))
     assert code == 0, err
     rows = read_leaderboard(only_search(runs_dir))
     statuses = {row["schedule.name"]: (row["status"], row["message"]) for row in rows}
@@ -205,7 +210,7 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(run_cli, runs_dir
     # One step per call: a mid-epoch state then resumes bit for bit (several steps per call
     # sum that epoch's running loss in another order, see test_resume).
     settings = ["tuning.max_trials=2", "training.epochs=8", "output.timestamp=false",
-                "tuning.trials_per_process=0", "training.steps_per_execution=1"]
+                IN_THIS_PROCESS, "training.steps_per_execution=1"]
     code, _, err = run_cli(*tune_arguments(*settings, "output.name=reference"))
     assert code == 0, err
     # A state every 0.06 s, so that one exists early in the second trial. The reference needs
