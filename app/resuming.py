@@ -56,6 +56,9 @@ class TrainingState:
         phase: 1, or 2 for fine-tuning's second phase.
         phase_start: the epoch the phase started at.
         stopped: training had ended within the phase (early stopping, the NaN guard).
+        at_batch_start: saved as a batch began (by the timer or a signal), not as an epoch
+            ended: the random state is then the one the next step needs, set just before it
+            (at an epoch's first batch, its data loader has already drawn from PyTorch's).
         history: the logs of every finished epoch, `{key: [value per epoch]}`.
         callbacks: each tracked callback's `state_dict()`, in order.
         model_variables, optimizer_variables, metrics_variables: their values, in order.
@@ -76,6 +79,7 @@ class TrainingState:
     metrics_variables: list
     random_state: list
     identity: dict
+    at_batch_start: bool = False
 
 
 def save_training_state(path, state):
@@ -98,6 +102,7 @@ def save_training_state(path, state):
         callbacks.append(plain)
     meta = {"format": FORMAT_VERSION, "epoch": state.epoch, "batch": state.batch,
             "phase": state.phase, "phase_start": state.phase_start, "stopped": state.stopped,
+            "at_batch_start": state.at_batch_start,
             "history": state.history, "callbacks": callbacks, "identity": state.identity,
             "counts": {group: len(getattr(state, _field(group))) for group in GROUPS}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -139,6 +144,7 @@ def load_training_state(path):
     return TrainingState(
         epoch=meta["epoch"], batch=meta["batch"], phase=meta["phase"],
         phase_start=meta["phase_start"], stopped=meta["stopped"],
+        at_batch_start=meta.get("at_batch_start", meta["batch"] > 0),
         history=meta["history"], callbacks=callbacks, identity=meta["identity"],
         **{_field(group): groups[group] for group in GROUPS})
 
@@ -243,11 +249,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         # result before it dispatches the next when a callback has a batch-end hook.
         done = self._batches_before + batch
         if self.interrupt_signal is not None:
-            self.save(done)
+            self.save(done, at_batch_start=True)
             self._stop()
         if (self.every_minutes is not None
                 and time.monotonic() - self._last_save >= 60 * self.every_minutes):
-            self.save(done)
+            self.save(done, at_batch_start=True)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._saved_metrics is not None:
@@ -293,16 +299,17 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         stop = Terminated if self.interrupt_signal == "SIGTERM" else KeyboardInterrupt
         raise stop(f"stopped by {self.interrupt_signal} in epoch {self._epoch + 1}")
 
-    def save(self, batch, stopped=False):
+    def save(self, batch, stopped=False, at_batch_start=False):
         """Saves the state: gathers it now (`batch` batches of the current epoch are done)
         and writes it on a thread of its own while training goes on (`wait` for the file).
+        `at_batch_start`: called as a batch begins, not as an epoch ends.
         """
         started = time.monotonic()
         model = self.model
         sync_jax_state(model)
         state = TrainingState(
             epoch=self._epoch, batch=batch, phase=self.phase, phase_start=self.phase_start,
-            stopped=stopped,
+            stopped=stopped, at_batch_start=at_batch_start,
             history=self.history,
             callbacks=[callback.state_dict() for callback in self.tracked],
             model_variables=_values(model.variables),
@@ -336,9 +343,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         _assign(model.variables, state.model_variables, "model")
         _assign(optimizer.variables, state.optimizer_variables, "optimizer")
         # Saved at an epoch's end, the random state is restored here, before whatever draws
-        # from it until the next step (as in the uninterrupted run); saved within an epoch,
-        # just before the next step, as then nothing came between.
-        if state.batch:
+        # from it until the next step (as in the uninterrupted run: the epoch's data loader);
+        # saved as a batch began, just before the next step, as then nothing came between.
+        if state.at_batch_start:
             self._saved_random_state = state.random_state
         else:
             _set_random_state(state.random_state)

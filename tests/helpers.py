@@ -64,15 +64,21 @@ def fit(run_cli, *overrides):
 
 
 def interrupt_at(monkeypatch, epoch, batch, signum=signal.SIGINT, times=1):
-    """Sends `signum` `times` times at the end of `batch` of `epoch` (0-based) of training."""
+    """Sends `signum` `times` times at the end of `batch` of `epoch` (0-based) of training,
+    or as `epoch` begins if `batch` is None."""
+    def send():
+        for _ in range(times):
+            os.kill(os.getpid(), signum)
+
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_begin(self, current, logs=None):
             self.epoch = current
+            if (current, batch) == (epoch, None):
+                send()
 
         def on_train_batch_end(self, current, logs=None):
             if (self.epoch, current) == (epoch, batch):
-                for _ in range(times):
-                    os.kill(os.getpid(), signum)
+                send()
 
     import app.engine
 

@@ -42,18 +42,23 @@ def reference(run_cli, runs_dir):
     return runs_dir / "reference"
 
 
-@pytest.mark.parametrize("epoch, batch", [(1, 4), pytest.param(1, 19, marks=pytest.mark.slow)],
-                         ids=["mid-epoch", "epoch-end"])
+@pytest.mark.parametrize("epoch, batch, position", [
+    (1, 4, (1, 5)),
+    pytest.param(1, 19, (2, 0), marks=pytest.mark.slow),  # the last of 20 batches
+    # As the epoch begins: the state saved at the epoch's end is saved again before the first
+    # batch, after the epoch's data loader drew from PyTorch's random state (as a timed save).
+    (2, None, (2, 0)),
+], ids=["mid-epoch", "epoch-end", "epoch-start"])
 def test_ctrl_c_keeps_the_run_and_resume_ends_it_exactly(run_cli, runs_dir, reference,
-                                                         monkeypatch, epoch, batch):
-    interrupt_at(monkeypatch, epoch, batch)  # 19: the last of 20 batches
+                                                         monkeypatch, epoch, batch, position):
+    interrupt_at(monkeypatch, epoch, batch)
     code, out, err = run_cli(*fit_arguments(*SETTINGS, "output.name=run"))
     partial = runs_dir / "run.partial"
     assert code == 130 and "Interrupted (SIGINT): saving the state after this batch" in out
     assert err == (f"interrupted; the run is kept in {partial}; resume it with: python -m app "
                    f"fit --resume {partial} --backend {BACKEND}\n")
     state = load_training_state(partial / "training_state.npz")
-    assert (state.epoch, state.batch) == ((epoch, batch + 1) if batch < 19 else (epoch + 1, 0))
+    assert (state.epoch, state.batch) == position
     monkeypatch.undo()
     code, _, err = run_cli("fit", "--resume", str(partial))
     assert code == 0, err
