@@ -23,10 +23,6 @@ from app.errors import UserError
 RANDAUGMENT_OPERATIONS = 2
 FLIP_MODES = {"horizontal": "horizontal", "vertical": "vertical",
               "both": "horizontal_and_vertical"}
-# Keras's PyTorch backend draws Beta samples (MixUp's and CutMix's weights) from torch's
-# global generator, seeding it and restoring it around the draw: two threads mixing at once
-# would interleave there, so mixing takes turns.
-_MIXING = threading.Lock()
 
 
 class Augmenter:
@@ -83,9 +79,8 @@ class Augmenter:
         if mixers:
             mixer = mixers[np.random.default_rng(batch_seed).integers(len(mixers))]
             _reseed(mixer, batch_seed, len(layers) + 1)
-            with _MIXING:
-                mixed = mixer({"images": images,
-                               "labels": ops.one_hot(labels, self.num_classes)}, training=True)
+            mixed = mixer({"images": images, "labels": ops.one_hot(labels, self.num_classes)},
+                          training=True)
             images, labels = mixed["images"], mixed["labels"]
         return (np.asarray(ops.convert_to_numpy(images), dtype=np.float32),
                 np.asarray(ops.convert_to_numpy(labels)))
@@ -99,8 +94,11 @@ class Augmenter:
             def copy(layer):
                 return type(layer).from_config(layer.get_config())
 
-            copies = ([copy(layer) for layer in self.layers],
-                      [copy(mixer) for mixer in self.mixers], keras.random.SeedGenerator(0))
+            mixers = [copy(mixer) for mixer in self.mixers]
+            for mixer in mixers:
+                mixer.backend = _NumPyBetaBackend(mixer.backend)
+            copies = ([copy(layer) for layer in self.layers], mixers,
+                      keras.random.SeedGenerator(0))
             self._per_thread.copies = copies
         return copies
 
@@ -164,3 +162,38 @@ def _reseed(layer, batch_seed, position):
 def _reseed_generator(generator, batch_seed, position):
     state = generator.state
     generator.state.assign(np.array([batch_seed % 2**31, position], dtype=state.dtype))
+
+
+class _NumPyBetaBackend:
+    """A preprocessing layer's backend whose `random.beta` draws with NumPy.
+
+    Keras's PyTorch `beta` (MixUp's and CutMix's weights) seeds torch's global generator and
+    restores it after the draw. Reading threads doing that race with the training thread, whose
+    dropout draws from that generator, and with a resumed run setting it. The weights come from
+    NumPy instead, on every backend, seeded by the layer's seed generator like its other draws.
+    """
+
+    def __init__(self, backend):
+        self._layer_backend = backend
+
+    def __getattr__(self, name):
+        attribute = getattr(self._layer_backend, name)
+        return _NumPyBetaRandom(self._layer_backend) if name == "random" else attribute
+
+
+class _NumPyBetaRandom:
+    """The backend's `random` module with `beta` drawn by NumPy (see `_NumPyBetaBackend`)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._backend.random, name)
+
+    def beta(self, shape, alpha, beta, dtype=None, seed=None):
+        import keras
+
+        seed = self._backend.convert_to_numpy(seed.next() if hasattr(seed, "next") else seed)
+        rng = np.random.default_rng([int(part) % 2**32 for part in np.ravel(seed)])
+        return self._backend.convert_to_tensor(rng.beta(alpha, beta, size=shape),
+                                               dtype=dtype or keras.config.floatx())

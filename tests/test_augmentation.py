@@ -66,6 +66,37 @@ def test_mixup_matches_numpy(digits):
     assert (own < 0.99).sum() >= 3  # Beta(0.4, 0.4) mixes most samples noticeably
 
 
+def test_mixup_weights_follow_the_beta_distribution(digits):
+    """MixUp's per-sample weights λ, read off the targets over 40 batches, pass a
+    Kolmogorov-Smirnov test against SciPy's Beta(α, α)."""
+    from scipy import stats
+
+    alpha = 0.4
+    augmenter = augmenter_for(digits, mixup=alpha)
+    picks = [int(np.flatnonzero(digits.y_train == label)[0]) for label in range(10)]
+    x, y = digits.x_train[picks], digits.y_train[picks]
+    weights = []
+    for batch in range(40):
+        _, targets = augmenter(x, y, seed=(0, 0, batch))
+        own = targets[np.arange(10), y]
+        weights.extend(own[own < 1.0 - 1e-6])  # a sample mixed with itself shows no weight
+    assert len(weights) > 300
+    assert stats.kstest(weights, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+
+
+def test_mixing_leaves_torchs_global_generator_alone(digits, monkeypatch):
+    """Keras's PyTorch `beta` seeds and restores torch's global generator; reading threads
+    doing that race with the training thread's dropout and with a resume setting it."""
+    touched = []
+    monkeypatch.setattr(torch, "manual_seed", lambda *args: touched.append("manual_seed"))
+    monkeypatch.setattr(torch.random, "set_rng_state",
+                        lambda *args: touched.append("set_rng_state"))
+    augmenter = augmenter_for(digits, mixup=0.2, cutmix=1.0)
+    for batch in range(4):
+        augmenter(digits.x_train[:8], digits.y_train[:8], seed=(0, 0, batch))
+    assert touched == []
+
+
 def test_cutmix_label_weights_are_the_pasted_area(digits):
     """Constant images show which pixels came from where; the target's weight on the own
     class is the share of own pixels, up to the box's edge pixels."""
