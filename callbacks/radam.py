@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 # Steps whose rectification term is tabulated in float64 (see `RAdam._rho_table`).
@@ -49,7 +50,11 @@ class RAdam(keras.optimizers.Optimizer):
         self._rho_table = self._tabulate_rho()
 
     def _tabulate_rho(self):
-        """ρ_t for t = 1.. until it is half of ρ_∞, where float32 becomes accurate."""
+        """ρ_t for t = 1.. until it is half of ρ_∞, where float32 becomes accurate.
+
+        A NumPy array, not a list: every update step converts it to a tensor, and a list of
+        the ~10⁴ steps that β₂ = 0.9999 tabulates took PyTorch 0.1 s to convert.
+        """
         table = []
         for step in range(1, _MAX_TABLE_STEPS + 1):
             power = self.beta_2**step
@@ -57,7 +62,7 @@ class RAdam(keras.optimizers.Optimizer):
             table.append(rho)
             if rho > self._rho_infinity / 2:
                 break
-        return table
+        return np.asarray(table, dtype=np.float64)
 
     def build(self, var_list):
         if self.built:
