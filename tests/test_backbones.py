@@ -90,6 +90,7 @@ def test_a_weights_file_loads_into_the_body(tmp_path):
                                       keras.ops.convert_to_numpy(saved))
 
 
+@pytest.mark.slow
 def test_imagenet_weights_without_network_are_one_line(monkeypatch):
     from keras.src.utils import file_utils
 

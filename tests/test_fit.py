@@ -192,6 +192,7 @@ def test_best_keras_predicts_the_same_on_the_next_backend(run_cli, runs_dir, tmp
     np.testing.assert_allclose(np.load(output), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_early_stopping_keys_reach_the_callback(run_cli, runs_dir):
     # Any finite val_loss is below 1e9: the stopping threshold ends training after epoch 1.
     fit(run_cli, "training.epochs=5", "early_stopping.stopping_threshold=1e9",
@@ -218,6 +219,7 @@ def test_noise_scale_lands_in_the_history(run_cli, runs_dir):
     assert len(scales) == 2 and all(scale > 0 for scale in scales)
 
 
+@pytest.mark.slow
 def test_copies_across_splits_are_warned_about_and_recorded(run_cli, runs_dir):
     # scikit-learn's iris holds one pair of identical rows that the default split separates.
     code, out, err = run_cli(*fit_arguments("data.source=iris", "training.epochs=1"))

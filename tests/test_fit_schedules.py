@@ -105,11 +105,13 @@ def test_accumulation_counts_updates_for_the_schedule(run_cli, runs_dir):
     np.testing.assert_allclose(logged, [0.004, 0.002, 0.001], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_accumulation_schedule_runs(run_cli, runs_dir):
     fit(run_cli, "training.epochs=2", "training.accumulation_schedule=[[1, 1], [2, 4]]")
     assert len(read_history_csv(only_run(runs_dir) / "history.csv")["loss"]) == 2
 
 
+@pytest.mark.slow
 def test_adaptive_accumulation_follows_the_noise_scale_in_fit(run_cli, runs_dir):
     fit(run_cli, "training.epochs=2", "training.noise_scale=true",
         "training.accumulation_adaptive=true")

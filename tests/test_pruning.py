@@ -146,6 +146,7 @@ def test_a_pruned_model_saves_without_pruning_and_loads_in_plain_keras(tmp_path)
     assert restored.get_config() == pruning.get_config()
 
 
+@pytest.mark.slow
 def test_fit_prunes_on_schedule_and_keeps_the_best_epoch_once_the_network_is_sparse(
         run_cli, runs_dir):
     fit(run_cli, "training.epochs=4", "training.pruning.sparsity=0.75",

@@ -191,6 +191,7 @@ def test_epoch_end_saves_keep_within_the_time_budget(tmp_path, monkeypatch, time
         assert load_training_state(tmp_path / "training_state.npz").epoch == last[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_it_cannot_continue(run_cli, runs_dir, reference, monkeypatch):
     def refused(*arguments):
         code, _, err = run_cli(*arguments)

@@ -121,6 +121,7 @@ def test_schedules_hold_their_final_value_after_the_end():
     assert values(one_cycle, 50)[20:] == pytest.approx([last] * 31, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cosine-floor", "restarts-doubling", "cyclic-asymmetric-2",
                                   "one-cycle-cos-3", "warmup-step", "sequential"])
 def test_compiled_train_step_applies_the_schedule(name):
