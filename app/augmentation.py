@@ -175,10 +175,10 @@ class _NumPyBetaBackend:
 
     def __init__(self, backend):
         self._layer_backend = backend
+        self.random = _NumPyBetaRandom(backend)
 
-    def __getattr__(self, name):
-        attribute = getattr(self._layer_backend, name)
-        return _NumPyBetaRandom(self._layer_backend) if name == "random" else attribute
+    def __getattr__(self, name):  # everything but `random`
+        return getattr(self._layer_backend, name)
 
 
 class _NumPyBetaRandom:
