@@ -19,6 +19,12 @@ def digits():
     return load_dataset(load_config().data, seed=0)
 
 
+def one_of_each_class(dataset):
+    """The first training sample of each of the ten classes, as `(x, y)`."""
+    picks = [int(np.flatnonzero(dataset.y_train == label)[0]) for label in range(10)]
+    return dataset.x_train[picks], dataset.y_train[picks]
+
+
 def augmenter_for(dataset, seed=0, **keys):
     return build_augmenter(AugmentationConfig(**keys), dataset, seed)
 
@@ -54,8 +60,7 @@ def test_mixup_matches_numpy(digits):
     """Each output is λ·x_i + (1 − λ)·x_j with the target λ·e_{y_i} + (1 − λ)·e_{y_j}:
     λ and j are read off the targets (one sample per class), the images checked with NumPy."""
     augmenter = augmenter_for(digits, mixup=0.4)
-    picks = [int(np.flatnonzero(digits.y_train == label)[0]) for label in range(10)]
-    x, y = digits.x_train[picks], digits.y_train[picks]
+    x, y = one_of_each_class(digits)
     images, targets = augmenter(x, y, seed=(5, 0, 0))
     own = targets[np.arange(10), y]
     partner = np.where(own < 1.0 - 1e-6,
@@ -73,8 +78,7 @@ def test_mixup_weights_follow_the_beta_distribution(digits):
 
     alpha = 0.4
     augmenter = augmenter_for(digits, mixup=alpha)
-    picks = [int(np.flatnonzero(digits.y_train == label)[0]) for label in range(10)]
-    x, y = digits.x_train[picks], digits.y_train[picks]
+    x, y = one_of_each_class(digits)
     weights = []
     for batch in range(40):
         _, targets = augmenter(x, y, seed=(0, 0, batch))
