@@ -1,5 +1,7 @@
 """The command line: help, info, and one-line errors with exit code 2 for bad input."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -215,6 +217,53 @@ def test_keras_takes_tensorflow_as_missing_on_jax_and_torch_only(monkeypatch):
     monkeypatch.setattr(module_utils, "tensorflow", imported)
     keep_tensorflow_out_of_keras()
     assert imported.available
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="the compilation cache is JAX's")
+def test_the_next_jax_run_reads_every_program_from_the_cache(tmp_path, monkeypatch):
+    import keras
+
+    for variable in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        monkeypatch.delenv(variable, raising=False)  # the suite's own cache (conftest.py)
+    cache = tmp_path / "home-cache" / "efficient-learning" / "jax"
+
+    def fit_in_a_new_process(name):
+        result = run_subprocess(["-m", "app", *fit_arguments(
+            "training.epochs=2", f"output.dir={tmp_path}", f"output.name={name}",
+            "output.timestamp=false")], env={"XDG_CACHE_HOME": str(tmp_path / "home-cache")})
+        assert result.returncode == 0, result.stderr[-2000:]
+        # A program read from the cache has its last use written beside it.
+        return {path.name: path.read_bytes() for path in cache.glob("*-atime")}
+
+    first = fit_in_a_new_process("first")
+    assert len(first) >= 10  # the initializers, the steps, the evaluation, the prediction
+    second = fit_in_a_new_process("second")
+    assert second.keys() == first.keys()  # nothing compiled anew
+    assert all(second[key] != first[key] for key in first)  # every program read again
+    weights = [keras.saving.load_model(tmp_path / run / "best.keras").get_weights()
+               for run in ("first", "second")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_the_compilation_cache_is_jaxs_and_yields_to_jaxs_own_setting(monkeypatch, tmp_path):
+    from app.backend import COMPILATION_CACHE_BYTES, use_compilation_cache
+
+    for variable in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                     "JAX_COMPILATION_CACHE_MAX_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for backend in ("tensorflow", "torch"):
+        use_compilation_cache(backend)
+        assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    use_compilation_cache("jax")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "efficient-learning" / "jax")
+    assert os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] == str(COMPILATION_CACHE_BYTES)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE")
+    use_compilation_cache("jax")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
+    assert "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ  # JAX's defaults there
 
 
 def test_real_process_exit_codes_and_help(tmp_path):
