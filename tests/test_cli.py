@@ -191,6 +191,10 @@ def test_info_names_versions_backend_and_devices(run_cli):
     assert lines["backend"] == BACKEND
     assert all(name in lines["installed"] for name in ("tensorflow", "jax", "torch"))
     assert "cpu" in lines["devices"].lower()
+    if BACKEND == "jax":  # the suite's own folder (conftest.py)
+        assert lines["compiled"].startswith(os.environ["JAX_COMPILATION_CACHE_DIR"] + " (")
+    else:
+        assert "compiled" not in lines
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""`python -m app info`: versions, the backend, the installed backends and the devices."""
+"""`python -m app info`: versions, the backend, the installed backends, the devices and, on
+JAX, where the compiled programs are kept."""
 
 from app import __version__
 from app.commands.arguments import BACKEND, start_backend
@@ -14,7 +15,7 @@ def handle(arguments):
     start_backend(arguments.backend)
     import keras
 
-    from app.backend import backend_versions, installed_backends, list_devices
+    from app.backend import backend_versions, compilation_cache, installed_backends, list_devices
 
     versions = backend_versions()
     rows = [
@@ -25,6 +26,10 @@ def handle(arguments):
                                 for name in installed_backends())),
         ("devices", ", ".join(list_devices())),
     ]
+    if keras.backend.backend() == "jax":
+        cache = compilation_cache()
+        rows.append(("compiled", f"{cache[0]} ({cache[1] / 2**20:.1f} MiB)" if cache
+                     else "not kept (JAX_ENABLE_COMPILATION_CACHE=false)"))
     for label, value in rows:
         print(f"{label:<10} {value}")
     return 0
