@@ -91,9 +91,11 @@ def use_compilation_cache(backend):
     12 s of it compiling its initializers). The folder is `$XDG_CACHE_HOME/efficient-learning/jax`
     (else `~/.cache/...`), kept under `COMPILATION_CACHE_BYTES`. JAX's own variables decide
     instead where they are set: `JAX_COMPILATION_CACHE_DIR` for another folder (with JAX's
-    defaults), `JAX_ENABLE_COMPILATION_CACHE=false` to compile everything anew. A cached
-    program computes what the compiled one does. Call it before JAX is imported: it sets
-    environment variables, which the processes this one starts inherit.
+    defaults), `JAX_ENABLE_COMPILATION_CACHE=false` to compile everything anew. Without the
+    `filelock` package (the `jax` extra installs it), which JAX needs to bound the folder's
+    size, nothing changes. A cached program computes what the compiled one does. Call it
+    before JAX is imported: it sets environment variables, which the processes this one
+    starts inherit.
 
     Args:
         backend: the Keras backend of this process; nothing changes on the others.
@@ -104,7 +106,8 @@ def use_compilation_cache(backend):
     use_compilation_cache(select_backend("jax"))
     ```
     """
-    if backend != "jax" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    if (backend != "jax" or "JAX_COMPILATION_CACHE_DIR" in os.environ
+            or not is_installed("filelock")):
         return
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(
         os.path.expanduser("~"), ".cache")

@@ -29,7 +29,7 @@ def handle(arguments):
     if keras.backend.backend() == "jax":
         cache = compilation_cache()
         rows.append(("compiled", f"{cache[0]} ({cache[1] / 2**20:.1f} MiB)" if cache
-                     else "not kept (JAX_ENABLE_COMPILATION_CACHE=false)"))
+                     else "not kept on disk"))
     for label, value in rows:
         print(f"{label:<10} {value}")
     return 0
