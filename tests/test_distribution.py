@@ -21,8 +21,10 @@ from app.reporting import read_history_csv
 from app.resuming import load_training_state
 from tests.helpers import BACKEND, REPO, fit_arguments, interrupt_at, run_subprocess
 
-TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+# With the suite's own flags (conftest.py), so that every run compiles the same way.
+TWO_DEVICES, FOUR_DEVICES = ({"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                                           f"--xla_force_host_platform_device_count={count}"}
+                             for count in (2, 4))
 # `python -m app` on two devices: JAX reads XLA_FLAGS; TensorFlow's CPU must be split into two
 # logical devices before it starts, which no environment variable does.
 APP_ON_TWO_DEVICES = {
