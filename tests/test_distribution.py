@@ -21,10 +21,15 @@ from app.reporting import read_history_csv
 from app.resuming import load_training_state
 from tests.helpers import BACKEND, REPO, fit_arguments, interrupt_at, run_subprocess
 
-# With the suite's own flags (conftest.py), so that every run compiles the same way.
-TWO_DEVICES, FOUR_DEVICES = ({"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-                                           f"--xla_force_host_platform_device_count={count}"}
-                             for count in (2, 4))
+
+def virtual_devices(count):
+    """The environment of a process with `count` virtual CPU devices, its XLA flags added to
+    the suite's own (conftest.py) so that every run compiles the same way."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+    return {"XLA_FLAGS": flags.strip()}
+
+
+TWO_DEVICES, FOUR_DEVICES = virtual_devices(2), virtual_devices(4)
 # `python -m app` on two devices: JAX reads XLA_FLAGS; TensorFlow's CPU must be split into two
 # logical devices before it starts, which no environment variable does.
 APP_ON_TWO_DEVICES = {
