@@ -109,10 +109,10 @@ def use_compilation_cache(backend):
     if (backend != "jax" or "JAX_COMPILATION_CACHE_DIR" in os.environ
             or not is_installed("filelock")):
         return
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
+    from app.image_folder import default_cache_dir  # beside the image folders' cache
+
     os.environ.update({
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(cache_home, "efficient-learning", "jax"),
+        "JAX_COMPILATION_CACHE_DIR": str(default_cache_dir() / "jax"),
         # JAX's default keeps only programs that took a second or more; an initializer takes
         # a fifth of one, and a model has dozens.
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
