@@ -28,8 +28,10 @@ from app.tables.architectures import ARCHITECTURES
 # Training samples that `training.noise_scale` estimates the gradient noise scale on.
 NOISE_SCALE_SAMPLES = 1024
 # The share of training time that saving the training state at epochs' ends may take: on
-# epochs of milliseconds (digits) it saves every few epochs, on real ones at every epoch.
-CHECKPOINT_TIME_BUDGET = 0.02
+# epochs of milliseconds (digits) it saves every few epochs, on real ones at every epoch. 1 %
+# of the callback stack's 5 % (`bench/callback_overhead.py`); a `kill -9` on digits then
+# loses at most about 0.3 s of training.
+CHECKPOINT_TIME_BUDGET = 0.01
 
 
 def train_and_test(config, dataset, checkpoint_path, teacher_path=None, state_path=None,

@@ -157,7 +157,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     more than `time_budget` of the time since then (epochs of a few milliseconds would
     otherwise spend a fifth of it saving); the `fit`'s last epoch, an epoch after which
     training stops and an interrupt always save. A `kill -9` then loses at most about
-    `1 / time_budget` times what a save costs (50 × 3 ms on digits), besides the epoch.
+    `1 / time_budget` times what a save costs (at 0.01, 100 × 3 ms on digits), besides the
+    epoch.
 
     Put it after every other callback: it saves what they have done at an epoch's end, and
     restores their state after their own `on_train_begin` has reset it. The first SIGINT or
@@ -177,7 +178,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         every_minutes: also save within an epoch once this many minutes have passed since
             the last save; `None` saves at epoch ends only.
         time_budget: the largest share of training time that epoch-end saves may take,
-            e.g. `0.02`; `None` saves at every epoch's end.
+            e.g. `0.01`; `None` saves at every epoch's end.
 
     Attributes:
         history: the logs of every finished epoch, the resumed ones included.

@@ -25,6 +25,9 @@ median steady epoch (the first two are not timed). It prints the medians over th
 the median of the rounds' ratios, and for the callback stack (app / feeding) the lowest and
 highest round's and the ratio of the fastest tenth of all rounds' epochs (their 10th
 percentile, which a shared machine's slow spells reach least). The target is at most 1.05×.
+Last, the time the training thread spends in the hooks of the app's callbacks (their epoch
+and batch hooks, timed one by one in the app's rounds), per epoch and as a share of the
+feeding's epoch: a direct measure, which the machine's drift reaches less.
 The stack's cost is per epoch (copies of the variables when the monitor improves, the
 training state's gathering and writing), so it weighs most on digits' 20-batch epochs:
 `--repeat N` repeats the training split N times for epochs of a realistic length.
@@ -65,6 +68,46 @@ def epoch_intervals():
     return _EpochIntervals()
 
 
+HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
+         "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end")
+
+
+def timing_hooks(fit, skipped, seconds):
+    """`fit` (a model's) that adds the time the training thread spends in its callbacks'
+    epoch and batch hooks to `seconds[0]`, except those of the `skipped` types.
+
+    Keras's default hooks are left as they are: Keras tells them from a callback's own (a
+    batch-end hook of its own makes it wait for each call's result).
+    """
+    import functools
+    import threading
+    import time
+
+    def timed(hook):
+        @functools.wraps(hook)
+        def run(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():
+                return hook(*args, **kwargs)  # on Keras's callback threads
+            started = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                seconds[0] += time.perf_counter() - started
+        return run
+
+    def timed_fit(*args, callbacks=(), **kwargs):
+        for callback in callbacks:
+            if isinstance(callback, skipped):
+                continue
+            for name in HOOKS:
+                hook = getattr(callback, name)
+                if not getattr(hook, "_is_default", False):
+                    setattr(callback, name, timed(hook))
+        return fit(*args, callbacks=callbacks, **kwargs)
+
+    return timed_fit
+
+
 def measure(architecture, epochs, repeat, rounds):
     import dataclasses
 
@@ -74,7 +117,7 @@ def measure(architecture, epochs, repeat, rounds):
     from app.config import load_config
     from app.data import load_dataset
     from app.engine import build_compiled_model, resolve_config, training_checkpoint, train_model
-    from app.feeding import fit_inputs
+    from app.feeding import SetEpoch, fit_inputs
 
     config = resolve_config(load_config(overrides=[
         f"model.architecture={architecture}", f"training.epochs={epochs}",
@@ -105,15 +148,20 @@ def measure(architecture, epochs, repeat, rounds):
         model.fit(**inputs, epochs=epochs, verbose=0, callbacks=[*data_callbacks, timer])
         return timer.seconds[WARMUP_EPOCHS:], model
 
+    hook_seconds = []  # per round of the app: its hooks' seconds per epoch
+
     def app():
         keras.utils.set_random_seed(config.seed)
         model = build_compiled_model(config, dataset)
         timer = epoch_intervals()
+        seconds = [0.0]
+        model.fit = timing_hooks(model.fit, (SetEpoch, type(timer)), seconds)
         with tempfile.TemporaryDirectory() as folder:
             state = training_checkpoint(config, dataset, Path(folder) / "training_state.npz",
                                         resume=False)
             train_model(model, config, dataset, Path(folder) / "best.keras",
                         extra_callbacks=[timer], state=state)
+        hook_seconds.append(seconds[0] / epochs)
         return timer.seconds[WARMUP_EPOCHS:], model
 
     # Alternated, in turn forwards and backwards, so that a machine's drift weighs on all.
@@ -138,6 +186,9 @@ def measure(architecture, epochs, repeat, rounds):
             "app_s": statistics.median(medians[app]),
             "stack": statistics.median(stack), "lowest": min(stack), "highest": max(stack),
             "fastest_tenth": fastest_tenth(app) / fastest_tenth(fed),
+            "hooks_s": statistics.median(hook_seconds),
+            "hooks_share": statistics.median(
+                hooks / fed_s for hooks, fed_s in zip(hook_seconds, medians[fed])),
             "checked_ratio": statistics.median(ratios(checked, bare)),
             "fed_ratio": statistics.median(ratios(fed, bare)),
             "app_ratio": statistics.median(ratios(app, bare)),
@@ -173,8 +224,8 @@ def main():
           f"{os.cpu_count()} CPU cores.\n")
     print("| backend | steps / call, jit | s / epoch: bare, TerminateOnNaN, app's feeding, app "
           "| TerminateOnNaN / bare | feeding / bare | callbacks: app / feeding | fastest tenth "
-          "| app / bare |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| hooks: ms / epoch (share) | app / bare |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for backend in arguments.backends.split(","):
         row = run_worker(backend, arguments.architecture, arguments.epochs, arguments.repeat,
                          arguments.rounds)
@@ -182,7 +233,8 @@ def main():
               f"{row['bare_s']:.4f}, {row['checked_s']:.4f}, {row['fed_s']:.4f}, "
               f"{row['app_s']:.4f} | {row['checked_ratio']:.2f}× | {row['fed_ratio']:.2f}× | "
               f"{row['stack']:.2f}× [{row['lowest']:.2f}–{row['highest']:.2f}] | "
-              f"{row['fastest_tenth']:.2f}× | {row['app_ratio']:.2f}× |", flush=True)
+              f"{row['fastest_tenth']:.2f}× | {1000 * row['hooks_s']:.2f} "
+              f"({100 * row['hooks_share']:.1f} %) | {row['app_ratio']:.2f}× |", flush=True)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,47 @@ def test_every_callback_survives_deepcopy_as_keras_tuner_copies_them():
     for instance in instances:
         clone = copy.deepcopy(instance)
         assert type(clone) is type(instance) and clone.get_config() == instance.get_config()
+
+
+
+class _EpochWeights(keras.callbacks.Callback):
+    """Each epoch's weights, and what `checkpoint` keeps unwritten (until training ends)."""
+
+    def __init__(self, checkpoint):
+        super().__init__()
+        self.checkpoint, self.weights = checkpoint, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([np.array(keras.ops.convert_to_numpy(weight))
+                             for weight in self.model.weights])
+        self.unwritten = self.checkpoint.unwritten
+
+
+def test_the_callbacks_that_keep_an_epochs_weights_share_one_copy_on_jax(tmp_path):
+    """Early stopping, the NaN guard and the best checkpoint keep the same epoch's weights: on
+    JAX, whose arrays never change, in one read-only copy; elsewhere in one copy each."""
+    from callbacks import EarlyStopping, NaNGuard
+    from callbacks import training_state
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 2)).astype("float32"), rng.normal(size=(64, 1)).astype("float32")
+    model = tiny_model()
+    stopper, guard = EarlyStopping(patience=5), NaNGuard(verbose=0)
+    checkpoint = BestModelCheckpoint(tmp_path / "best.keras", defer_writing=True)
+    recorder = _EpochWeights(checkpoint)
+    copies_before = len(training_state._host_copies)
+    model.fit(x, y, validation_data=(x, y), epochs=4, batch_size=16, verbose=0,
+              callbacks=[stopper, guard, checkpoint, recorder])
+    assert stopper.best_epoch + 1 == checkpoint.best_epoch
+    kept = [stopper.best_weights, guard._best_weights,
+            recorder.unwritten[:len(model.weights)]]  # then the optimizer's
+    for values in kept:
+        for value, expected in zip(values, recorder.weights[stopper.best_epoch]):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(value), expected)
+    shared = all(a is b is c for a, b, c in zip(*kept))
+    assert shared == (keras.backend.backend() == "jax")
+    if shared:
+        assert not any(value.flags.writeable for value in stopper.best_weights)
+        # A copy is kept only while its array lives: after training, at most one per variable.
+        assert len(training_state._host_copies) - copies_before <= len(model.variables) + len(
+            model.optimizer.variables)
