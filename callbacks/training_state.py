@@ -83,10 +83,10 @@ def write_atomically(path, write):
 
 
 def _copy(value):
-    """A copy of a variable's value that later updates cannot change, kept on its device.
+    """A copy of a JAX or torch variable's value that later updates cannot change, kept on
+    its device (TensorFlow's: `_tensorflow_copies`).
 
-    TensorFlow's copy is copy-on-write, so it costs nothing until the variable changes. On a
-    CPU, JAX's own copy is about 2x slower than NumPy's (`bench/early_stopping.py`).
+    On a CPU, JAX's own copy is about 2x slower than NumPy's (`bench/early_stopping.py`).
     """
     if keras.backend.backend() == "jax" and all(
             device.platform == "cpu" for device in value.devices()):
@@ -97,7 +97,8 @@ def _copy(value):
 def _tensorflow_copies(values):
     """Copies of TensorFlow variables' values, in one call of a `tf.function` where each
     eager copy would be a call of its own (0.8 ms for 32 variables instead of 2.5 ms on a
-    2-core CPU). Distributed variables are copied one by one, as before."""
+    2-core CPU). A copy is copy-on-write: it costs nothing more until the variable changes.
+    Distributed variables are copied one by one, as before."""
     import tensorflow as tf
 
     if any(isinstance(value, tf.distribute.DistributedValues) for value in values):
