@@ -123,8 +123,9 @@ def _host_copy(array):
     """A read-only NumPy copy of a JAX array, made once while the array lives.
 
     A JAX array never changes, so the callbacks that keep the same epoch's weights (the best
-    checkpoint, early stopping, the NaN guard) share one copy instead of making one each: on JAX, an epoch that improves copies the weights once, not three
-    times. Read-only, so that no holder can change what the others keep.
+    checkpoint, early stopping, the NaN guard) share one copy instead of making one each: an
+    epoch that improves copies the weights once, not three times. Read-only, so that no
+    holder can change what the others keep.
     """
     key = id(array)
     kept = _host_copies.get(key)

@@ -166,7 +166,6 @@ def test_every_callback_survives_deepcopy_as_keras_tuner_copies_them():
         assert type(clone) is type(instance) and clone.get_config() == instance.get_config()
 
 
-
 class _EpochWeights(keras.callbacks.Callback):
     """Each epoch's weights, and what `checkpoint` keeps unwritten (until training ends)."""
 
@@ -183,8 +182,7 @@ class _EpochWeights(keras.callbacks.Callback):
 def test_the_callbacks_that_keep_an_epochs_weights_share_one_copy_on_jax(tmp_path):
     """Early stopping, the NaN guard and the best checkpoint keep the same epoch's weights: on
     JAX, whose arrays never change, in one read-only copy; elsewhere in one copy each."""
-    from callbacks import EarlyStopping, NaNGuard
-    from callbacks import training_state
+    from callbacks import EarlyStopping, NaNGuard, training_state
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 2)).astype("float32"), rng.normal(size=(64, 1)).astype("float32")
