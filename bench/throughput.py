@@ -12,6 +12,12 @@ Markdown, side by side from the same run:
 2. The same MLP (64-256-256-10) and CNN (conv32-pool-conv64-pool-128-10) without normalisation
    or dropout, trained with Adam: Keras `fit` on each backend against a hand-written PyTorch
    loop and a hand-written JAX loop (median samples per second over the timed epochs).
+
+`--execution` measures Keras `fit` per `steps_per_execution` and `jit_compile` instead, and
+`--torch-steps` where a Keras training step on torch spends its time (forward, loss, backward,
+optimizer, metrics, and between steps: data and callbacks), through Keras's layers and with the
+forward pass compiled by `torch.compile` or exported by `torch.export`, against the hand-written
+torch loop's step.
 """
 
 import argparse
@@ -89,55 +95,113 @@ def epoch_timer():
 
 
 def measure_keras(architecture, epochs, steps_per_execution=1, jit_compile="auto"):
-    import keras
-
-    from models import build_cnn, build_mlp
-
     x, y = digits()
-    keras.utils.set_random_seed(0)
-    options = dict(normalization="none", dropout=0.0, depth=2)
-    if architecture == "mlp":
-        model = build_mlp(x.shape[1:], 10, width=256, **options)
-    else:
-        model = build_cnn(x.shape[1:], 10, filters=32, width=128, **options)
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    model = bare_keras_model(architecture, x.shape[1:], steps_per_execution, jit_compile)
     timer = epoch_timer()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=[timer])
     return {"samples_per_s": median_rate(timer.seconds, len(x))}
 
 
-def measure_torch_loop(architecture, epochs):
-    import numpy as np
-    import torch
+def bare_keras_model(architecture, input_shape, steps_per_execution=1, jit_compile="auto"):
+    """The MLP or CNN without normalisation or dropout, compiled with Adam, seeded."""
+    import keras
 
-    x, y = digits()
-    torch.manual_seed(0)
-    nn = torch.nn
+    from models import build_cnn, build_mlp
+
+    keras.utils.set_random_seed(0)
+    options = dict(normalization="none", dropout=0.0, depth=2)
     if architecture == "mlp":
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256),
-                              nn.ReLU(), nn.Linear(256, 10))
+        model = build_mlp(input_shape, 10, width=256, **options)
     else:
-        model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Flatten(), nn.Linear(64 * 2 * 2, 128), nn.ReLU(), nn.Linear(128, 10))
-    inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW for torch convolutions
-    labels = torch.from_numpy(y).long()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
+        model = build_cnn(input_shape, 10, filters=32, width=128, **options)
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+    return model
+
+
+PHASES = ("forward", "loss", "backward", "optimizer", "metrics", "between steps")
+
+
+class StepPhases:
+    """Wall time of the parts of training steps. `mark(phase)` ends `phase` now and starts the
+    next one, so that the phases tile the run; `per_step()` gives ms per step of each."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Forgets what was measured: the warm-up steps."""
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.steps = 0
+        self.pause()
+
+    def pause(self):
+        """Stops the clock until the next mark, which then ends no phase."""
+        self._last = None
+
+    def mark(self, phase):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.seconds[phase] += now - self._last
+        self.steps += phase == "metrics"
+        self._last = now
+
+    def per_step(self):
+        return {phase: 1e3 * seconds / self.steps for phase, seconds in self.seconds.items()}
+
+
+def measure_torch_loop(architecture, epochs):
+    x, y = digits()
+    loop = TorchLoop(architecture, x, y)
     seconds = []
     for _ in range(epochs):
         started = time.perf_counter()
-        order = torch.from_numpy(rng.permutation(len(x)))
-        for start in range(0, len(x), BATCH_SIZE):
-            batch = order[start:start + BATCH_SIZE]
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
-            loss.backward()
-            optimizer.step()
+        loop.run_epoch(StepPhases())
         seconds.append(time.perf_counter() - started)
     return {"samples_per_s": median_rate(seconds, len(x))}
+
+
+class TorchLoop:
+    """The hand-written PyTorch training loop (Adam, cross-entropy) on NCHW digits."""
+
+    def __init__(self, architecture, x, y):
+        import numpy as np
+        import torch
+
+        torch.manual_seed(0)
+        nn = torch.nn
+        if architecture == "mlp":
+            self.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(),
+                                       nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+        else:
+            self.model = nn.Sequential(
+                nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(64 * 2 * 2, 128), nn.ReLU(), nn.Linear(128, 10))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.from_numpy(y).long()
+        self.rng = np.random.default_rng(0)
+
+    def run_epoch(self, phases):
+        """One epoch in shuffled batches, each step's parts marked in `phases`."""
+        import torch
+
+        order = torch.from_numpy(self.rng.permutation(len(self.inputs)))
+        for start in range(0, len(order), BATCH_SIZE):
+            phases.mark("between steps")
+            batch = order[start:start + BATCH_SIZE]
+            self.optimizer.zero_grad()
+            logits = self.model(self.inputs[batch])
+            phases.mark("forward")
+            loss = torch.nn.functional.cross_entropy(logits, self.labels[batch])
+            phases.mark("loss")
+            loss.backward()
+            phases.mark("backward")
+            self.optimizer.step()
+            phases.mark("optimizer")
+            phases.mark("metrics")  # none: the loop keeps no running metrics
 
 
 def measure_jax_loop(architecture, epochs):
@@ -210,12 +274,106 @@ def measure_jax_loop(architecture, epochs):
     return {"samples_per_s": median_rate(seconds, len(x))}
 
 
+def mark_keras_steps(model, phases):
+    """Marks `phases` in a Keras model's PyTorch training step from outside, by wrapping the
+    methods that Keras's `train_step` calls: forward (with `zero_grad`) until the loss, the
+    loss, then the backward pass until the optimizer, the optimizer, then the metrics."""
+    train_step, compute_loss, apply = (model.train_step, model._compute_loss,
+                                       model.optimizer.apply)
+
+    def marked(before, function, after):
+        def call(*args, **kwargs):
+            phases.mark(before)
+            result = function(*args, **kwargs)
+            phases.mark(after)
+            return result
+        return call
+
+    model.train_step = marked("between steps", train_step, "metrics")
+    model._compute_loss = marked("forward", compute_loss, "loss")
+    model.optimizer.apply = marked("backward", apply, "optimizer")
+
+
+def replace_forward(model, how):
+    """Runs `model`'s training-mode forward pass, in `fit`, as a program of PyTorch operations
+    captured from Keras's layers instead of through them: `how="export"` with `torch.export`
+    (one program per batch shape), `how="compile"` with `torch.compile` (which guards on the
+    Python state it read, and compiles again when a guard fails). Both programs read the
+    model's own parameters, so the optimizer trains them as before."""
+    import torch
+
+    keras_call = type(model).__call__
+
+    class Forward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, inputs):
+            return keras_call(self.model, inputs, training=True)
+
+    if how == "compile":
+        program = torch.compile(Forward())
+    else:
+        programs = {}
+
+        def program(inputs):
+            if inputs.shape not in programs:
+                programs[inputs.shape] = torch.export.export(Forward(), (inputs,),
+                                                             strict=True).module()
+            return programs[inputs.shape](inputs)
+
+    def call(self, inputs, training=None):
+        return program(inputs)
+
+    model.__class__ = type(type(model).__name__, (type(model),), {"__call__": call})
+
+
+def measure_torch_steps(architecture, epochs):
+    """ms per training step of each phase, and samples per second over the steps, of Keras
+    `fit` on torch (through its layers, and with the forward pass compiled or exported) and of
+    the hand-written loop. They take turns, an epoch each, so that the machine's drift reaches
+    them alike."""
+    x, y = digits()
+    trainers = {}
+    for arm, forward in (("keras", None), ("keras, compiled forward", "compile"),
+                         ("keras, exported forward", "export"), ("torch loop", None)):
+        phases = StepPhases()
+        if arm == "torch loop":
+            train = TorchLoop(architecture, x, y).run_epoch
+        else:
+            model = bare_keras_model(architecture, x.shape[1:])
+            if forward:
+                replace_forward(model, forward)
+            mark_keras_steps(model, phases)
+
+            def train(phases, model=model):
+                model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)
+        trainers[arm] = train, phases
+
+    def take_turns(rounds):
+        for _ in range(rounds):
+            for train, phases in trainers.values():
+                train(phases)
+                phases.pause()  # the other arms' epochs are not this one's time
+
+    take_turns(WARMUP_EPOCHS)
+    for _, phases in trainers.values():
+        phases.reset()
+    take_turns(epochs)
+    return {arm: {"ms": phases.per_step(),
+                  "samples_per_s": epochs * len(x) / sum(phases.seconds.values())}
+            for arm, (_, phases) in trainers.items()}
+
+
 MEASUREMENTS = {
     "app": lambda architecture, epochs, **execution: measure_app_default(epochs, **execution),
     "keras": measure_keras,
     "torch-loop": lambda architecture, epochs, **execution: measure_torch_loop(architecture,
                                                                              epochs),
     "jax-loop": lambda architecture, epochs, **execution: measure_jax_loop(architecture, epochs),
+    "torch-steps": lambda architecture, epochs, **execution: measure_torch_steps(architecture,
+                                                                               epochs),
 }
 # The `--execution` grid: batches per call to the compiled step, and `jit_compile` (XLA on
 # TensorFlow, `torch.compile` on torch; JAX always compiles, and its `False` is eager).
@@ -271,6 +429,9 @@ def main():
     parser.add_argument("--architecture", default="mlp", choices=["mlp", "cnn"])
     parser.add_argument("--execution", action="store_true",
                         help="measure steps_per_execution x jit_compile per backend instead")
+    parser.add_argument("--torch-steps", action="store_true",
+                        help="time the parts of Keras's training step on torch against the "
+                             "torch loop instead")
     parser.add_argument("--steps-per-execution", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--jit-compile", default="auto", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -283,6 +444,9 @@ def main():
         return
     if arguments.execution:
         execution_grid(arguments.epochs)
+        return
+    if arguments.torch_steps:
+        torch_steps(arguments.epochs)
         return
 
     epochs = arguments.epochs
@@ -346,6 +510,23 @@ def execution_grid(epochs):
                 cells = [f"{rate:,.0f}" for rate in rates] + ["–"] * (len(columns) - len(rates))
                 print(f"| {architecture} | {backend} | {jit} | " + " | ".join(cells)
                       + f" | {loop:,.0f} | {max(rates) / loop:.2f} |", flush=True)
+
+
+def torch_steps(epochs):
+    """Where a Keras training step on torch spends its time, part by part, against the
+    hand-written loop's step: one process per model."""
+    print(f"ms per training step on torch (batch {BATCH_SIZE}, {epochs} epochs after "
+          f"{WARMUP_EPOCHS} not timed), and samples / s:\n")
+    print("| model | step | " + " | ".join(PHASES) + " | ms / step | samples / s | / loop |")
+    print("|---|---|" + "---|" * (len(PHASES) + 3))
+    for architecture in ("mlp", "cnn"):
+        arms = run_worker("torch-steps", "torch", architecture, epochs)
+        loop = arms["torch loop"]["samples_per_s"]
+        for arm, measured in arms.items():
+            cells = [f"{measured['ms'][phase]:.2f}" for phase in PHASES]
+            print(f"| {architecture} | {arm} | " + " | ".join(cells)
+                  + f" | {sum(measured['ms'].values()):.2f} | {measured['samples_per_s']:,.0f}"
+                  f" | {measured['samples_per_s'] / loop:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
