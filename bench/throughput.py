@@ -17,10 +17,11 @@ Markdown, side by side from the same run:
 `--torch-steps` where a Keras training step on torch spends its time (forward, loss, backward,
 optimizer, metrics, and between steps: data and callbacks), through Keras's layers and with the
 forward pass compiled by `torch.compile` or exported by `torch.export`, against the hand-written
-torch loop's step.
+torch loop's step, at batch 64 and 512.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -121,6 +122,9 @@ def bare_keras_model(architecture, input_shape, steps_per_execution=1, jit_compi
 
 
 PHASES = ("forward", "loss", "backward", "optimizer", "metrics", "between steps")
+# `--torch-steps` at the throughput table's batch, and at one where the arithmetic of a step
+# outweighs the framework's fixed work per step more.
+TORCH_STEPS_BATCH_SIZES = (BATCH_SIZE, 512)
 
 
 class StepPhases:
@@ -184,14 +188,14 @@ class TorchLoop:
         self.labels = torch.from_numpy(y).long()
         self.rng = np.random.default_rng(0)
 
-    def run_epoch(self, phases):
+    def run_epoch(self, phases, batch_size=BATCH_SIZE):
         """One epoch in shuffled batches, each step's parts marked in `phases`."""
         import torch
 
         order = torch.from_numpy(self.rng.permutation(len(self.inputs)))
-        for start in range(0, len(order), BATCH_SIZE):
+        for start in range(0, len(order), batch_size):
             phases.mark("between steps")
-            batch = order[start:start + BATCH_SIZE]
+            batch = order[start:start + batch_size]
             self.optimizer.zero_grad()
             logits = self.model(self.inputs[batch])
             phases.mark("forward")
@@ -330,6 +334,12 @@ def replace_forward(model, how):
 
 
 def measure_torch_steps(architecture, epochs):
+    """`measure_torch_steps_of_batch` for each of `TORCH_STEPS_BATCH_SIZES`."""
+    return {batch_size: measure_torch_steps_of_batch(architecture, epochs, batch_size)
+            for batch_size in TORCH_STEPS_BATCH_SIZES}
+
+
+def measure_torch_steps_of_batch(architecture, epochs, batch_size):
     """ms per training step of each phase, and samples per second over the steps, of Keras
     `fit` on torch (through its layers, and with the forward pass compiled or exported) and of
     the hand-written loop. They take turns, an epoch each, so that the machine's drift reaches
@@ -340,7 +350,8 @@ def measure_torch_steps(architecture, epochs):
                          ("keras, exported forward", "export"), ("torch loop", None)):
         phases = StepPhases()
         if arm == "torch loop":
-            train = TorchLoop(architecture, x, y).run_epoch
+            train = functools.partial(TorchLoop(architecture, x, y).run_epoch,
+                                      batch_size=batch_size)
         else:
             model = bare_keras_model(architecture, x.shape[1:])
             if forward:
@@ -348,7 +359,7 @@ def measure_torch_steps(architecture, epochs):
             mark_keras_steps(model, phases)
 
             def train(phases, model=model):
-                model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)
+                model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
         trainers[arm] = train, phases
 
     def take_turns(rounds):
@@ -515,18 +526,20 @@ def execution_grid(epochs):
 def torch_steps(epochs):
     """Where a Keras training step on torch spends its time, part by part, against the
     hand-written loop's step: one process per model."""
-    print(f"ms per training step on torch (batch {BATCH_SIZE}, {epochs} epochs after "
-          f"{WARMUP_EPOCHS} not timed), and samples / s:\n")
-    print("| model | step | " + " | ".join(PHASES) + " | ms / step | samples / s | / loop |")
-    print("|---|---|" + "---|" * (len(PHASES) + 3))
+    print(f"ms per training step on torch ({epochs} epochs after {WARMUP_EPOCHS} not timed), "
+          "and samples / s:\n")
+    print("| model | batch | step | " + " | ".join(PHASES)
+          + " | ms / step | samples / s | / loop |")
+    print("|---|---|---|" + "---|" * (len(PHASES) + 3))
     for architecture in ("mlp", "cnn"):
-        arms = run_worker("torch-steps", "torch", architecture, epochs)
-        loop = arms["torch loop"]["samples_per_s"]
-        for arm, measured in arms.items():
-            cells = [f"{measured['ms'][phase]:.2f}" for phase in PHASES]
-            print(f"| {architecture} | {arm} | " + " | ".join(cells)
-                  + f" | {sum(measured['ms'].values()):.2f} | {measured['samples_per_s']:,.0f}"
-                  f" | {measured['samples_per_s'] / loop:.2f} |", flush=True)
+        for batch_size, arms in run_worker("torch-steps", "torch", architecture, epochs).items():
+            loop = arms["torch loop"]["samples_per_s"]
+            for arm, measured in arms.items():
+                cells = [f"{measured['ms'][phase]:.2f}" for phase in PHASES]
+                print(f"| {architecture} | {batch_size} | {arm} | " + " | ".join(cells)
+                      + f" | {sum(measured['ms'].values()):.2f} | "
+                      f"{measured['samples_per_s']:,.0f} | "
+                      f"{measured['samples_per_s'] / loop:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
