@@ -243,6 +243,11 @@ def join_cluster(cluster):
         return
     import keras
 
+    from app.backend import keep_tensorflow_out_of_keras
+
+    # Keras seeds every process alike here, through `keras.utils.set_random_seed`, which
+    # would import TensorFlow into each process (3 to 4 s on 2 cores).
+    keep_tensorflow_out_of_keras()
     keras.distribution.initialize(cluster.coordinator, cluster.num_processes,
                                   cluster.process_id)
 

@@ -378,10 +378,18 @@ def as_flags(settings):
     return [flag for setting in settings for flag in ("--set", setting)]
 
 
+# The command line, saying last whether TensorFlow came into the process: on JAX nothing
+# should bring it, not even `keras.distribution.initialize`, which seeds through it.
+APP_TELLING_IF_TENSORFLOW_CAME = (
+    "import sys; from app.cli import main; code = main(sys.argv[1:]); "
+    "print('tensorflow imported:', 'tensorflow' in sys.modules); sys.exit(code)")
+
+
 def run_in_two_processes(arguments, output=None, verb="trained"):
     """Runs `python -m app *arguments` as processes 0 and 1 of two, two virtual devices each,
     writing into `output / "zero"` and `output / "one"` (`None`: where `arguments` say);
-    returns both results. Process 1 says it `verb` with process 0."""
+    returns both results. Process 1 says it `verb` with process 0; process 0 has not imported
+    TensorFlow."""
     coordinator = f"127.0.0.1:{free_port()}"
     environment = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
                        PYTHONPATH=str(REPO), **TWO_DEVICES)
@@ -395,11 +403,12 @@ def run_in_two_processes(arguments, output=None, verb="trained"):
         env={**environment, "KERAS_DISTRIBUTION_JOB_ADDRESSES": coordinator,
              "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "1"},
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = run_subprocess(["-m", "app", *arguments, "--coordinator", coordinator,
-                            "--num-processes", "2", "--process-id", "0", *placed("zero")],
-                           env=TWO_DEVICES)
+    first = run_subprocess(["-c", APP_TELLING_IF_TENSORFLOW_CAME, *arguments, "--coordinator",
+                            coordinator, "--num-processes", "2", "--process-id", "0",
+                            *placed("zero")], env=TWO_DEVICES)
     out, err = second.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + err[-2000:]
+    assert first.stdout.strip().endswith("tensorflow imported: False")
     assert out.strip().endswith(f"process 1 of 2: {verb} with process 0, which writes the run "
                                 "directory")
     assert output is None or not (output / "one").exists()
