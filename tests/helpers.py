@@ -30,6 +30,14 @@ FAST = [
 
 # Running the application ------------------------------------------------------------------
 
+# `python -c APP_TELLING_IF_TENSORFLOW_CAME ARGUMENTS...` runs the command line like `python -m
+# app`, then says last whether TensorFlow came into the process: on JAX and torch nothing
+# should bring it (Keras seeds through it, `keras.distribution.initialize` too).
+APP_TELLING_IF_TENSORFLOW_CAME = (
+    "import sys; from app.cli import main; code = main(sys.argv[1:]); "
+    "print('tensorflow imported:', 'tensorflow' in sys.modules); sys.exit(code)")
+
+
 def run_subprocess(arguments, backend=BACKEND, cwd=None, timeout=300, env=None):
     """Runs a Python command line in a fresh process on `backend` (`env`: more variables)."""
     environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",

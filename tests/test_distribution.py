@@ -19,7 +19,8 @@ from app.distribution import (Cluster, Devices, check_cluster, check_distributio
 from app.errors import UserError
 from app.reporting import read_history_csv
 from app.resuming import load_training_state
-from tests.helpers import BACKEND, REPO, fit_arguments, interrupt_at, run_subprocess
+from tests.helpers import (APP_TELLING_IF_TENSORFLOW_CAME, BACKEND, REPO, fit_arguments,
+                           interrupt_at, run_subprocess)
 
 
 def virtual_devices(count):
@@ -376,13 +377,6 @@ FIT_SETTINGS = [*SGD_SETTINGS, "training.steps_per_execution=1"]
 
 def as_flags(settings):
     return [flag for setting in settings for flag in ("--set", setting)]
-
-
-# The command line, saying last whether TensorFlow came into the process: on JAX nothing
-# should bring it, not even `keras.distribution.initialize`, which seeds through it.
-APP_TELLING_IF_TENSORFLOW_CAME = (
-    "import sys; from app.cli import main; code = main(sys.argv[1:]); "
-    "print('tensorflow imported:', 'tensorflow' in sys.modules); sys.exit(code)")
 
 
 def run_in_two_processes(arguments, output=None, verb="trained"):
