@@ -16,6 +16,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 def main(strategy, synchronized, overrides):
+    from app.backend import give_virtual_devices_threads
+
+    give_virtual_devices_threads(os.environ["KERAS_BACKEND"])  # as `python -m app` does
     if os.environ["KERAS_BACKEND"] == "tensorflow":
         import tensorflow as tf
 

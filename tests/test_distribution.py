@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from app.backend import give_virtual_devices_threads
 from app.config import DistributionConfig, load_config
 from app.data import load_dataset
 from app.distribution import (Cluster, Devices, check_cluster, check_distribution,
@@ -241,6 +242,48 @@ def test_four_devices_model_parallel_train_to_the_weights_of_one_device(architec
     assert any(axes is not None for axes in layout.values())
     for path, axes in layout.items():  # where JAX holds each trained weight
         assert measured["placed"][path] == (axes or [None] * len(measured["placed"][path]))
+
+
+def test_virtual_cpu_devices_get_threads_unless_the_user_set_them(monkeypatch):
+    for variable in ("PJRT_NPROC", "NPROC", "JAX_NUM_CPU_DEVICES"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def threads(backend="jax", **environment):
+        with monkeypatch.context() as patched:
+            patched.delenv("PJRT_NPROC", raising=False)  # and so gone again after the call
+            patched.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+            for name, value in environment.items():
+                patched.setenv(name, value)
+            give_virtual_devices_threads(backend)
+            return os.environ.get("PJRT_NPROC")
+
+    forced = " ".join(f"--xla_force_host_platform_device_count={count}" for count in (8, 2))
+    assert threads(XLA_FLAGS=forced) == "8"  # XLA takes the flag's last value
+    assert threads(JAX_NUM_CPU_DEVICES="3") == "12"
+    assert threads() is None  # one device: its collectives wait for no other task
+    assert threads("tensorflow", XLA_FLAGS=forced) is None
+    assert threads(XLA_FLAGS=forced, PJRT_NPROC="5") == "5"
+    assert threads(XLA_FLAGS=forced, NPROC="5") is None  # XLA reads NPROC itself
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="the threads of XLA's CPU client, which JAX runs")
+def test_the_threads_given_to_four_virtual_devices_reach_xla():
+    """`python -m app` on four virtual devices starts XLA's CPU client with 16 threads to run
+    programs (and as many for the operations within them), not max(cores, 4): with 4, a
+    model-parallel all-gather deadlocked on a busy 2-core machine (`give_virtual_devices_threads`)."""
+    program = ("import os; from app.cli import main; main(['info']); "
+               "print(os.environ['PJRT_NPROC'], len(os.listdir('/proc/self/task')))")
+    environment = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(REPO), **FOUR_DEVICES)
+    environment.pop("PJRT_NPROC", None)
+    runs = [subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+                             env=dict(environment, **user))
+            for user in ({}, {"PJRT_NPROC": "4"})]
+    (given, given_threads), (users, users_threads) = [
+        run.communicate(timeout=300)[0].split()[-2:] for run in runs]
+    assert (given, users) == ("16", "4")
+    assert int(given_threads) - int(users_threads) >= 16 - 4  # the client's own pool at least
 
 
 @pytest.mark.slow

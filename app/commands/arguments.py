@@ -95,14 +95,15 @@ def load_configuration(arguments, flags=None, defaults=None):
 
 
 def start_backend(name, config=None, cluster=None):
-    """Selects the Keras backend (before Keras is imported) with JAX's compilation cache,
-    checks `config`'s devices against it and joins `cluster`'s other processes; returns the
-    backend's name."""
+    """Selects the Keras backend (before Keras is imported) with JAX's compilation cache and
+    threads for virtual CPU devices, checks `config`'s devices against it and joins
+    `cluster`'s other processes; returns the backend's name."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
-    from app.backend import select_backend, use_compilation_cache
+    from app.backend import give_virtual_devices_threads, select_backend, use_compilation_cache
 
     backend = select_backend(name)
     use_compilation_cache(backend)
+    give_virtual_devices_threads(backend)
     if config is not None:
         from app.distribution import check_cluster, check_distribution, join_cluster
         from app.execution import check_execution
