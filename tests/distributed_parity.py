@@ -62,12 +62,12 @@ def main(strategy, synchronized, overrides):
 
 
 def _train(config, data, devices, synchronize):
-    import keras
     import numpy as np
 
+    from app.backend import set_random_seed
     from app.engine import build_compiled_model, fit_configured
 
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)  # without importing TensorFlow on JAX
     with devices.scope():
         model = build_compiled_model(config, data, devices if synchronize else None)
     fit_configured(model, config, data)  # `Batches` orders by the seed on both
