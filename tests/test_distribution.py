@@ -271,7 +271,8 @@ def test_virtual_cpu_devices_get_threads_unless_the_user_set_them(monkeypatch):
 def test_the_threads_given_to_four_virtual_devices_reach_xla():
     """`python -m app` on four virtual devices starts XLA's CPU client with 16 threads to run
     programs (and as many for the operations within them), not max(cores, 4): with 4, a
-    model-parallel all-gather deadlocked on a busy 2-core machine (`give_virtual_devices_threads`)."""
+    model-parallel all-gather deadlocked on a busy 2-core machine
+    (`give_virtual_devices_threads`)."""
     program = ("import os; from app.cli import main; main(['info']); "
                "print(os.environ['PJRT_NPROC'], len(os.listdir('/proc/self/task')))")
     environment = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(REPO), **FOUR_DEVICES)
