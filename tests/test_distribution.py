@@ -260,6 +260,7 @@ def test_virtual_cpu_devices_get_threads_unless_the_user_set_them(monkeypatch):
     forced = " ".join(f"--xla_force_host_platform_device_count={count}" for count in (8, 2))
     assert threads(XLA_FLAGS=forced) == "8"  # XLA takes the flag's last value
     assert threads(JAX_NUM_CPU_DEVICES="3") == "12"
+    assert threads(JAX_NUM_CPU_DEVICES="three") is None  # JAX's own error follows
     assert threads() is None  # one device: its collectives wait for no other task
     assert threads("tensorflow", XLA_FLAGS=forced) is None
     assert threads(XLA_FLAGS=forced, PJRT_NPROC="5") == "5"
