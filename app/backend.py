@@ -125,7 +125,7 @@ def use_compilation_cache(backend):
 THREADS_PER_VIRTUAL_DEVICE = 4
 
 
-def give_virtual_devices_threads(backend):
+def give_virtual_devices_threads(backend, environ=None):
     """On JAX with N virtual CPU devices (`--xla_force_host_platform_device_count=N` in
     `XLA_FLAGS`, or `JAX_NUM_CPU_DEVICES=N`), gives XLA's CPU client
     `THREADS_PER_VIRTUAL_DEVICE` × N threads to run programs on, through `PJRT_NPROC`.
@@ -142,6 +142,7 @@ def give_virtual_devices_threads(backend):
 
     Args:
         backend: the Keras backend of this process; nothing changes on the others.
+        environ: the environment variables to read and set (`None`: this process's).
 
     Example:
 
@@ -150,13 +151,14 @@ def give_virtual_devices_threads(backend):
     give_virtual_devices_threads(select_backend("jax"))  # PJRT_NPROC=16
     ```
     """
-    if backend != "jax" or "PJRT_NPROC" in os.environ or "NPROC" in os.environ:
+    environ = os.environ if environ is None else environ
+    if backend != "jax" or "PJRT_NPROC" in environ or "NPROC" in environ:
         return
     forced = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
-                        os.environ.get("XLA_FLAGS", ""))
-    devices = os.environ.get("JAX_NUM_CPU_DEVICES") or (forced[-1] if forced else "1")
+                        environ.get("XLA_FLAGS", ""))
+    devices = environ.get("JAX_NUM_CPU_DEVICES") or (forced[-1] if forced else "1")
     if devices.isdigit() and int(devices) > 1:  # else JAX itself says what is wrong
-        os.environ["PJRT_NPROC"] = str(THREADS_PER_VIRTUAL_DEVICE * int(devices))
+        environ["PJRT_NPROC"] = str(THREADS_PER_VIRTUAL_DEVICE * int(devices))
 
 
 def compilation_cache():

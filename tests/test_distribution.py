@@ -244,18 +244,11 @@ def test_four_devices_model_parallel_train_to_the_weights_of_one_device(architec
         assert measured["placed"][path] == (axes or [None] * len(measured["placed"][path]))
 
 
-def test_virtual_cpu_devices_get_threads_unless_the_user_set_them(monkeypatch):
-    for variable in ("PJRT_NPROC", "NPROC", "JAX_NUM_CPU_DEVICES"):
-        monkeypatch.delenv(variable, raising=False)
-
+def test_virtual_cpu_devices_get_threads_unless_the_user_set_them():
     def threads(backend="jax", **environment):
-        with monkeypatch.context() as patched:
-            patched.delenv("PJRT_NPROC", raising=False)  # and so gone again after the call
-            patched.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-            for name, value in environment.items():
-                patched.setenv(name, value)
-            give_virtual_devices_threads(backend)
-            return os.environ.get("PJRT_NPROC")
+        environ = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false", **environment}
+        give_virtual_devices_threads(backend, environ)
+        return environ.get("PJRT_NPROC")
 
     forced = " ".join(f"--xla_force_host_platform_device_count={count}" for count in (8, 2))
     assert threads(XLA_FLAGS=forced) == "8"  # XLA takes the flag's last value
