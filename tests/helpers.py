@@ -38,12 +38,18 @@ APP_TELLING_IF_TENSORFLOW_CAME = (
     "print('tensorflow imported:', 'tensorflow' in sys.modules); sys.exit(code)")
 
 
+def subprocess_environment(backend=BACKEND, env=None):
+    """The environment of a fresh process on `backend` that imports this checkout's packages,
+    with `env`'s variables added."""
+    return dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
+                PYTHONPATH=str(REPO), **(env or {}))
+
+
 def run_subprocess(arguments, backend=BACKEND, cwd=None, timeout=300, env=None):
     """Runs a Python command line in a fresh process on `backend` (`env`: more variables)."""
-    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
-                       PYTHONPATH=str(REPO), **(env or {}))
     return subprocess.run([sys.executable, *arguments], capture_output=True, text=True,
-                          env=environment, cwd=cwd or REPO, timeout=timeout)
+                          env=subprocess_environment(backend, env), cwd=cwd or REPO,
+                          timeout=timeout)
 
 
 def without_tensorflow_startup_lines(text):

@@ -21,7 +21,7 @@ from app.errors import UserError
 from app.reporting import read_history_csv
 from app.resuming import load_training_state
 from tests.helpers import (APP_TELLING_IF_TENSORFLOW_CAME, BACKEND, REPO, fit_arguments,
-                           interrupt_at, run_subprocess)
+                           interrupt_at, run_subprocess, subprocess_environment)
 
 
 def virtual_devices(count):
@@ -269,7 +269,7 @@ def test_the_threads_given_to_four_virtual_devices_reach_xla():
     (`give_virtual_devices_threads`)."""
     program = ("import os; from app.cli import main; main(['info']); "
                "print(os.environ['PJRT_NPROC'], len(os.listdir('/proc/self/task')))")
-    environment = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(REPO), **FOUR_DEVICES)
+    environment = subprocess_environment("jax", FOUR_DEVICES)
     for variable in ("PJRT_NPROC", "NPROC"):  # the machine's own would decide instead
         environment.pop(variable, None)
     runs = [subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
@@ -424,8 +424,7 @@ def run_in_two_processes(arguments, output=None, verb="trained"):
     returns both results. Process 1 says it `verb` with process 0; process 0 has not imported
     TensorFlow."""
     coordinator = f"127.0.0.1:{free_port()}"
-    environment = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
-                       PYTHONPATH=str(REPO), **TWO_DEVICES)
+    environment = subprocess_environment("jax", TWO_DEVICES)
 
     def placed(folder):
         return [] if output is None else ["--set", f"output.dir={output / folder}"]
