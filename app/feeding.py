@@ -1,8 +1,10 @@
 """What `model.fit` and `model.evaluate` are given. Training always reads `Batches`, a
 `keras.utils.PyDataset` whose worker threads read (decode), augment and batch while the
 model trains, in an order that depends only on the seed and the epoch (so that a run
-resumed in the middle of an epoch reads the very batches it would have). Evaluation reads
-in-memory arrays directly, and streamed splits through `Batches` in order.
+resumed in the middle of an epoch reads the very batches it would have); on TensorFlow,
+arrays in memory without augmentation are read in its graph in `Batches`' order
+(`app.graph_batches`). Evaluation reads in-memory arrays directly, and streamed splits
+through `Batches` in order.
 
 A `PyDataset` runs on every backend and needs no TensorFlow, so the JAX-only install
 streams image folders too. Threads, not processes: PIL decodes and NumPy copies without the
@@ -24,6 +26,10 @@ from app.image_folder import worker_threads
 
 # Batches each worker thread may have ready ahead of the model.
 BATCHES_AHEAD_PER_WORKER = 2
+# The most features TensorFlow copies to read them in its graph. Beyond it the samples are
+# large (images), a step outweighs reading its batch through Python, and a second copy of
+# the split would cost more memory than it saves time.
+GRAPH_COPY_LIMIT_BYTES = 256 * 2**20
 
 
 class Batches(keras.utils.PyDataset):
@@ -140,8 +146,9 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
         first_batch: start that epoch at this batch (a run resumed within an epoch).
 
     Returns:
-        The arguments; `callbacks` holds the training `Batches`' `SetEpoch` (in-memory
-        arrays under TensorFlow's strategies are given as they are).
+        The arguments; `callbacks` holds the training `Batches`' `SetEpoch` (or
+        `SetEpochInGraph`; in-memory arrays under TensorFlow's strategies are given as they
+        are).
     """
     batch_size = config.training.batch_size
     if augmenter is None and not dataset.streamed and _splits_only_arrays(config):
@@ -157,6 +164,11 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
                        first_batch=first_batch, part=part)
     # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
     inputs = {"x": training, "shuffle": False, "callbacks": [SetEpoch(training)]}
+    if _reads_in_graph(training):
+        from app.graph_batches import graph_batches
+
+        in_graph, set_epoch = graph_batches(training)
+        inputs = {**inputs, "x": in_graph, "callbacks": [set_epoch]}
     if dataset.streamed or part[1] > 1:
         return {**inputs, "validation_data": Batches(dataset.x_val, dataset.y_val, batch_size,
                                                      workers=workers, part=part)}
@@ -172,6 +184,14 @@ def process_part():
     import jax
 
     return jax.process_index(), jax.process_count()
+
+
+def _reads_in_graph(batches):
+    """Whether TensorFlow reads `batches` in its graph (`app.graph_batches`): arrays in memory,
+    without augmentation, in one process, small enough to copy into TensorFlow's memory."""
+    return (keras.backend.backend() == "tensorflow" and isinstance(batches.features, np.ndarray)
+            and batches.features.nbytes <= GRAPH_COPY_LIMIT_BYTES
+            and batches.augmenter is None and batches.part == (0, 1))
 
 
 def _splits_only_arrays(config):

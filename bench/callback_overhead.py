@@ -11,7 +11,7 @@ validated on its validation split, in four ways:
   which makes Keras wait for each call's result before it dispatches the next (JAX
   otherwise runs ahead);
 - the app's feeding: `model.fit` on `app.feeding.fit_inputs` (the `Batches` that make the
-  order of a resumed run the same) with the timer only;
+  order of a resumed run the same, read in TensorFlow's graph there) with the timer only;
 - app: `app.engine.train_model` as `fit` runs it: the same feeding, the learning-rate
   monitor, `NaNGuard`, `EarlyStopping` (patience above the epochs, so that all of them run
   every epoch), the best-epoch checkpoint (`best.keras`, kept in memory and written when
@@ -25,9 +25,12 @@ median steady epoch (the first two are not timed). It prints the medians over th
 the median of the rounds' ratios, and for the callback stack (app / feeding) the lowest and
 highest round's and the ratio of the fastest tenth of all rounds' epochs (their 10th
 percentile, which a shared machine's slow spells reach least). The target is at most 1.05×.
-Last, the time the training thread spends in the hooks of the app's callbacks (their epoch
+Then the time the training thread spends in the hooks of the app's callbacks (their epoch
 and batch hooks, timed one by one in the app's rounds), per epoch and as a share of the
-feeding's epoch: a direct measure, which the machine's drift reaches less.
+feeding's epoch: a direct measure, which the machine's drift reaches less. Last, the CPU
+time of an epoch (the process's, all its threads: work off the training thread counts, and
+other tenants of a shared machine count less than in the wall-clock time): the median of
+all rounds' epochs, the app over its feeding and over bare `fit`.
 The stack's cost is per epoch (copies of the variables when the monitor improves, the
 training state's gathering and writing), so it weighs most on digits' 20-batch epochs:
 `--repeat N` repeats the training split N times for epochs of a realistic length.
@@ -51,18 +54,21 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 def epoch_intervals():
     """A callback that records the time from each epoch's end to the next one's in
-    `.seconds` (the first epoch's from its start)."""
+    `.seconds` (the first epoch's from its start), and the CPU time the process's threads
+    spent in it in `.cpu_seconds`."""
     import time
 
     import keras
 
     class _EpochIntervals(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.seconds, self._last = [], time.perf_counter()
+            self.seconds, self.cpu_seconds = [], []
+            self._last = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
-            now = time.perf_counter()
-            self.seconds.append(now - self._last)
+            now = time.perf_counter(), time.process_time()
+            self.seconds.append(now[0] - self._last[0])
+            self.cpu_seconds.append(now[1] - self._last[1])
             self._last = now
 
     return _EpochIntervals()
@@ -118,6 +124,7 @@ def measure(architecture, epochs, repeat, rounds):
     from app.data import load_dataset
     from app.engine import build_compiled_model, resolve_config, training_checkpoint, train_model
     from app.feeding import SetEpoch, fit_inputs
+    from app.graph_batches import SetEpochInGraph
 
     config = resolve_config(load_config(overrides=[
         f"model.architecture={architecture}", f"training.epochs={epochs}",
@@ -134,7 +141,7 @@ def measure(architecture, epochs, repeat, rounds):
                   validation_data=(dataset.x_val, dataset.y_val),
                   batch_size=config.training.batch_size, epochs=epochs, shuffle=True,
                   verbose=0, callbacks=[timer, *callbacks])
-        return timer.seconds[WARMUP_EPOCHS:], model
+        return timer, model
 
     def checked():
         return bare(keras.callbacks.TerminateOnNaN())
@@ -146,7 +153,7 @@ def measure(architecture, epochs, repeat, rounds):
         inputs = fit_inputs(dataset, config)
         data_callbacks = inputs.pop("callbacks", [])
         model.fit(**inputs, epochs=epochs, verbose=0, callbacks=[*data_callbacks, timer])
-        return timer.seconds[WARMUP_EPOCHS:], model
+        return timer, model
 
     hook_seconds = []  # per round of the app: its hooks' seconds per epoch
 
@@ -155,21 +162,24 @@ def measure(architecture, epochs, repeat, rounds):
         model = build_compiled_model(config, dataset)
         timer = epoch_intervals()
         seconds = [0.0]
-        model.fit = timing_hooks(model.fit, (SetEpoch, type(timer)), seconds)
+        model.fit = timing_hooks(model.fit, (SetEpoch, SetEpochInGraph, type(timer)),
+                                 seconds)
         with tempfile.TemporaryDirectory() as folder:
             state = training_checkpoint(config, dataset, Path(folder) / "training_state.npz",
                                         resume=False)
             train_model(model, config, dataset, Path(folder) / "best.keras",
                         extra_callbacks=[timer], state=state)
         hook_seconds.append(seconds[0] / epochs)
-        return timer.seconds[WARMUP_EPOCHS:], model
+        return timer, model
 
     # Alternated, in turn forwards and backwards, so that a machine's drift weighs on all.
     seconds = {bare: [], checked: [], fed: [], app: []}
+    cpu_seconds = {run: [] for run in seconds}
     for round_ in range(rounds):
         for run in list(seconds)[::1 if round_ % 2 == 0 else -1]:
-            epoch_seconds, model = run()
-            seconds[run].append(epoch_seconds)
+            timer, model = run()
+            seconds[run].append(timer.seconds[WARMUP_EPOCHS:])
+            cpu_seconds[run].append(timer.cpu_seconds[WARMUP_EPOCHS:])
     medians = {run: [statistics.median(round_seconds) for round_seconds in per_round]
                for run, per_round in seconds.items()}
 
@@ -180,6 +190,8 @@ def measure(architecture, epochs, repeat, rounds):
         return float(np.percentile(np.concatenate(seconds[run]), 10))
 
     stack = ratios(app, fed)
+    cpu = {run: statistics.median(np.concatenate(per_round))
+           for run, per_round in cpu_seconds.items()}
     return {"bare_s": statistics.median(medians[bare]),
             "checked_s": statistics.median(medians[checked]),
             "fed_s": statistics.median(medians[fed]),
@@ -192,6 +204,7 @@ def measure(architecture, epochs, repeat, rounds):
             "checked_ratio": statistics.median(ratios(checked, bare)),
             "fed_ratio": statistics.median(ratios(fed, bare)),
             "app_ratio": statistics.median(ratios(app, bare)),
+            "cpu_stack": cpu[app] / cpu[fed], "cpu_app_ratio": cpu[app] / cpu[bare],
             "steps_per_execution": model.steps_per_execution, "jit_compile": model.jit_compile}
 
 
@@ -224,8 +237,8 @@ def main():
           f"{os.cpu_count()} CPU cores.\n")
     print("| backend | steps / call, jit | s / epoch: bare, TerminateOnNaN, app's feeding, app "
           "| TerminateOnNaN / bare | feeding / bare | callbacks: app / feeding | fastest tenth "
-          "| hooks: ms / epoch (share) | app / bare |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| hooks: ms / epoch (share) | app / bare | CPU: app / feeding, app / bare |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for backend in arguments.backends.split(","):
         row = run_worker(backend, arguments.architecture, arguments.epochs, arguments.repeat,
                          arguments.rounds)
@@ -234,7 +247,8 @@ def main():
               f"{row['app_s']:.4f} | {row['checked_ratio']:.2f}× | {row['fed_ratio']:.2f}× | "
               f"{row['stack']:.2f}× [{row['lowest']:.2f}–{row['highest']:.2f}] | "
               f"{row['fastest_tenth']:.2f}× | {1000 * row['hooks_s']:.2f} "
-              f"({100 * row['hooks_share']:.1f} %) | {row['app_ratio']:.2f}× |", flush=True)
+              f"({100 * row['hooks_share']:.1f} %) | {row['app_ratio']:.2f}× | "
+              f"{row['cpu_stack']:.2f}×, {row['cpu_app_ratio']:.2f}× |", flush=True)
 
 
 if __name__ == "__main__":

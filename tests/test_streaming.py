@@ -1,5 +1,6 @@
 """Streamed data: image folders decoded per batch, memory-mapped .npz, caches, `Batches`."""
 
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ from app.config import DataConfig, load_config
 from app.data import load_dataset
 from app.feeding import Batches, evaluation_inputs, fit_inputs
 from app.shapes import write_shapes
-from tests.helpers import fit, only_run
+from tests.helpers import BACKEND, fit, only_run
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +157,79 @@ def test_validation_and_test_batches_are_never_augmented(shapes_folder):
     assert inputs["x"].augmenter is marker
     assert inputs["validation_data"].augmenter is None
     assert evaluation_inputs(dataset.x_test, dataset.y_test, config)["x"].augmenter is None
-    # In memory without augmentation, Keras gets the arrays themselves.
+    # In memory without augmentation, `Batches` reads the arrays themselves, in the seed's
+    # order, not augmented (TensorFlow reads them in its graph, in that order: see below).
     memory = load(shapes_folder, "memory")
-    in_memory = fit_inputs(memory, config)["x"]  # read in the seed's order, not augmented
-    assert in_memory.features is memory.x_train and in_memory.augmenter is None
+    in_memory = fit_inputs(memory, config)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        assert isinstance(in_memory["x"], tf.data.Dataset)
+        assert in_memory["callbacks"][0].batches.features is memory.x_train
+    else:
+        assert in_memory["x"].features is memory.x_train and in_memory["x"].augmenter is None
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow reads arrays in its graph")
+def test_tensorflow_copies_no_large_split_into_its_graph(shapes_folder, monkeypatch):
+    from app import feeding
+
+    memory = load(shapes_folder, "memory")
+    config = load_config(overrides=["training.batch_size=8"])
+    monkeypatch.setattr(feeding, "GRAPH_COPY_LIMIT_BYTES", memory.x_train.nbytes - 1)
+    assert fit_inputs(memory, config)["x"].features is memory.x_train  # `Batches`, no copy
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow reads arrays in its graph")
+@pytest.mark.parametrize("first_batch", [0, 2])
+def test_tensorflow_reads_the_batches_of_arrays_in_its_graph_in_their_order(first_batch):
+    from app.graph_batches import graph_batches
+
+    features = np.arange(22, dtype=np.float64).reshape(11, 2)  # cast to float32, as `Batches`
+    batches = Batches(features, np.arange(11), 4, seed=3, epoch=2, first_batch=first_batch)
+    expected = Batches(features, np.arange(11), 4, seed=3, epoch=2, first_batch=first_batch)
+    dataset, set_epoch = graph_batches(batches)
+    assert dataset.cardinality() == expected.num_batches
+    for epoch in (2, 3, 7):
+        set_epoch.on_epoch_begin(epoch)
+        expected.set_epoch(epoch)
+        read = [(x.numpy(), y.numpy()) for x, y in dataset]
+        assert len(read) == expected.num_batches
+        for index, (x, y) in enumerate(read):
+            assert x.dtype == np.float32
+            np.testing.assert_array_equal(x, expected[index][0])
+            np.testing.assert_array_equal(y, expected[index][1])
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow reads arrays in its graph")
+def test_fit_on_batches_read_in_the_graph_trains_as_on_batches_read_by_keras():
+    """Several steps per call, a short last call and a short last batch: the same weights as
+    Keras reading `Batches` through Python."""
+    import keras
+
+    from app.feeding import SetEpoch
+
+    config = load_config(overrides=["training.batch_size=8", "seed=4"])
+    digits = load_dataset(config.data, seed=0)
+    features, labels = digits.x_train[:85], digits.y_train[:85]  # 11 batches, the last of 5
+
+    def trained(inputs):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.3), keras.layers.Dense(10)])
+        model.compile(optimizer="adam", steps_per_execution=4, loss=keras.losses.
+                      SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(**inputs, epochs=3, verbose=0)
+        return model.get_weights()
+
+    dataset = dataclasses.replace(digits, x_train=features, y_train=labels)
+    in_graph = {key: value for key, value in fit_inputs(dataset, config).items()
+                if not key.startswith("validation")}
+    by_keras = Batches(features, labels, 8, seed=4)
+    reference = trained({"x": by_keras, "shuffle": False, "callbacks": [SetEpoch(by_keras)]})
+    for ours, theirs in zip(trained(in_graph), reference):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
 @pytest.mark.slow
