@@ -118,6 +118,8 @@ class SetEpoch(keras.callbacks.Callback):
 
     Args:
         batches: the training `Batches`.
+        order: where TensorFlow reads `batches` in its graph, the `tf.Variable` of their
+            order (`app.graph_batches`), given each epoch's order; else `None`.
 
     Example:
 
@@ -127,12 +129,17 @@ class SetEpoch(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, batches):
+    def __init__(self, batches, order=None):
         super().__init__()
         self.batches = batches
+        self.order = order
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.set_epoch(epoch)
+        if self.order is not None:
+            # Keras makes the epoch's iterator after this hook: no batch of it reads the old
+            # order.
+            self.order.assign(self.batches.order)
 
 
 def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
@@ -146,9 +153,8 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
         first_batch: start that epoch at this batch (a run resumed within an epoch).
 
     Returns:
-        The arguments; `callbacks` holds the training `Batches`' `SetEpoch` (or
-        `SetEpochInGraph`; in-memory arrays under TensorFlow's strategies are given as they
-        are).
+        The arguments; `callbacks` holds the training `Batches`' `SetEpoch` (in-memory
+        arrays under TensorFlow's strategies are given as they are).
     """
     batch_size = config.training.batch_size
     if augmenter is None and not dataset.streamed and _splits_only_arrays(config):
@@ -167,8 +173,8 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
     if _reads_in_graph(training):
         from app.graph_batches import graph_batches
 
-        in_graph, set_epoch = graph_batches(training)
-        inputs = {**inputs, "x": in_graph, "callbacks": [set_epoch]}
+        in_graph, order = graph_batches(training)
+        inputs = {**inputs, "x": in_graph, "callbacks": [SetEpoch(training, order)]}
     if dataset.streamed or part[1] > 1:
         return {**inputs, "validation_data": Batches(dataset.x_val, dataset.y_val, batch_size,
                                                      workers=workers, part=part)}

@@ -124,7 +124,6 @@ def measure(architecture, epochs, repeat, rounds):
     from app.data import load_dataset
     from app.engine import build_compiled_model, resolve_config, training_checkpoint, train_model
     from app.feeding import SetEpoch, fit_inputs
-    from app.graph_batches import SetEpochInGraph
 
     config = resolve_config(load_config(overrides=[
         f"model.architecture={architecture}", f"training.epochs={epochs}",
@@ -162,8 +161,7 @@ def measure(architecture, epochs, repeat, rounds):
         model = build_compiled_model(config, dataset)
         timer = epoch_intervals()
         seconds = [0.0]
-        model.fit = timing_hooks(model.fit, (SetEpoch, SetEpochInGraph, type(timer)),
-                                 seconds)
+        model.fit = timing_hooks(model.fit, (SetEpoch, type(timer)), seconds)
         with tempfile.TemporaryDirectory() as folder:
             state = training_checkpoint(config, dataset, Path(folder) / "training_state.npz",
                                         resume=False)

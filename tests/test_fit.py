@@ -66,7 +66,7 @@ def test_test_split_is_evaluated_exactly_once_and_never_during_training(run_cli,
     original_fit, original_evaluate = keras.Model.fit, keras.Model.evaluate
 
     def spy_fit(model, x, validation_data=None, **kwargs):
-        # `Batches`, whose callback `SetEpoch` (or `SetEpochInGraph`, on TensorFlow) holds it.
+        # `Batches` (which TensorFlow reads in its graph), held by its callback `SetEpoch`.
         training = next(callback.batches for callback in kwargs["callbacks"]
                         if hasattr(callback, "batches"))
         seen.append(("fit", any(row.tobytes() in test_rows for row in training.features)))

@@ -183,12 +183,14 @@ def test_tensorflow_copies_no_large_split_into_its_graph(shapes_folder, monkeypa
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow reads arrays in its graph")
 @pytest.mark.parametrize("first_batch", [0, 2])
 def test_tensorflow_reads_the_batches_of_arrays_in_its_graph_in_their_order(first_batch):
+    from app.feeding import SetEpoch
     from app.graph_batches import graph_batches
 
     features = np.arange(22, dtype=np.float64).reshape(11, 2)  # cast to float32, as `Batches`
     batches = Batches(features, np.arange(11), 4, seed=3, epoch=2, first_batch=first_batch)
     expected = Batches(features, np.arange(11), 4, seed=3, epoch=2, first_batch=first_batch)
-    dataset, set_epoch = graph_batches(batches)
+    dataset, order = graph_batches(batches)
+    set_epoch = SetEpoch(batches, order)
     assert dataset.cardinality() == expected.num_batches
     for epoch in (2, 3, 7):
         set_epoch.on_epoch_begin(epoch)
