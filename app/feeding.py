@@ -168,13 +168,13 @@ def fit_inputs(dataset, config, augmenter=None, epoch=0, first_batch=0):
     training = Batches(dataset.x_train, dataset.y_train, batch_size, seed=config.seed,
                        augmenter=augmenter, workers=reads, epoch=epoch,
                        first_batch=first_batch, part=part)
-    # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
-    inputs = {"x": training, "shuffle": False, "callbacks": [SetEpoch(training)]}
+    x, order = training, None
     if _reads_in_graph(training):
         from app.graph_batches import graph_batches
 
-        in_graph, order = graph_batches(training)
-        inputs = {**inputs, "x": in_graph, "callbacks": [SetEpoch(training, order)]}
+        x, order = graph_batches(training)
+    # `shuffle=False`: `Batches` shuffles by its seed; Keras would also reorder its batches.
+    inputs = {"x": x, "shuffle": False, "callbacks": [SetEpoch(training, order)]}
     if dataset.streamed or part[1] > 1:
         return {**inputs, "validation_data": Batches(dataset.x_val, dataset.y_val, batch_size,
                                                      workers=workers, part=part)}

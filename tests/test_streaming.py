@@ -10,7 +10,7 @@ import pytest
 from app.arrays import ImageFiles, MappedArray
 from app.config import DataConfig, load_config
 from app.data import load_dataset
-from app.feeding import Batches, evaluation_inputs, fit_inputs
+from app.feeding import Batches, SetEpoch, evaluation_inputs, fit_inputs
 from app.shapes import write_shapes
 from tests.helpers import BACKEND, fit, only_run
 
@@ -133,8 +133,6 @@ def test_each_epoch_reads_its_own_order_though_keras_peeks_at_a_batch_first():
     `SetEpoch` keeps epoch 0's shuffle and augmentation for the real epoch 0."""
     import keras
 
-    from app.feeding import SetEpoch
-
     class Recorded(Batches):
         def __getitem__(self, index):
             reads.append((self.epoch, index))
@@ -183,7 +181,6 @@ def test_tensorflow_copies_no_large_split_into_its_graph(shapes_folder, monkeypa
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow reads arrays in its graph")
 @pytest.mark.parametrize("first_batch", [0, 2])
 def test_tensorflow_reads_the_batches_of_arrays_in_its_graph_in_their_order(first_batch):
-    from app.feeding import SetEpoch
     from app.graph_batches import graph_batches
 
     features = np.arange(22, dtype=np.float64).reshape(11, 2)  # cast to float32, as `Batches`
@@ -208,8 +205,6 @@ def test_fit_on_batches_read_in_the_graph_trains_as_on_batches_read_by_keras():
     """Several steps per call, a short last call and a short last batch: the same weights as
     Keras reading `Batches` through Python."""
     import keras
-
-    from app.feeding import SetEpoch
 
     config = load_config(overrides=["training.batch_size=8", "seed=4"])
     digits = load_dataset(config.data, seed=0)
